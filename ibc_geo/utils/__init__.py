@@ -1,0 +1,1 @@
+"""Small shared utilities: registries, seeding, devices, atomic file writes."""
