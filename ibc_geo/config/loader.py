@@ -1,0 +1,248 @@
+"""Defaults < YAML file (which may inherit ``_BASE_``) < ``KEY VALUE`` pairs, then invariants.
+
+OmegaConf structured configs do the typed merging; this module adds the error messages a user
+needs (which key, from which file or the command line, the closest valid keys) and the checks
+that span several keys.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ibc_geo.config.schema import CHOICES, Config
+from ibc_geo.utils.registry import closest
+
+BASE_KEY = "_BASE_"
+COMMAND_LINE = "the command line"
+
+
+class ConfigError(ValueError):
+    """A bad config: unknown key, wrong type, value outside its choices, broken invariant."""
+
+    exit_code = 2
+
+
+def default_config() -> DictConfig:
+    """The schema's defaults as a typed, struct-mode OmegaConf config."""
+    cfg = OmegaConf.structured(Config)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        full = f"{prefix}{key}"
+        keys.append(full)
+        if isinstance(value, Mapping) or OmegaConf.is_dict(value):
+            keys.extend(_all_keys(value, full + "."))
+    return keys
+
+
+def _check_known_keys(layer: Mapping, schema: DictConfig, source: str, prefix: str = "") -> None:
+    for key, value in layer.items():
+        full = f"{prefix}{key}"
+        if key not in schema:
+            valid = _all_keys(default_config())
+            hint = closest(full, valid)
+            did_you_mean = f" Closest valid keys: {', '.join(hint)}." if hint else ""
+            raise ConfigError(f"unknown config key {full!r} in {source}.{did_you_mean}")
+        child = schema[key]
+        if OmegaConf.is_dict(child):
+            if not isinstance(value, Mapping):
+                raise ConfigError(
+                    f"config key {full!r} in {source} is a section; expected a mapping of its keys, "
+                    f"got {value!r}"
+                )
+            _check_known_keys(value, child, source, full + ".")
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """Read one YAML file, following ``_BASE_`` (a path relative to the file) recursively."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _layers_of_file(path: str, seen: tuple = ()) -> list[tuple[dict, str]]:
+    """[(layer, source)] from the farthest base to ``path`` itself."""
+    real = os.path.realpath(path)
+    if real in seen:
+        raise ConfigError(f"config file {path} inherits itself through _BASE_: {' -> '.join(seen)}")
+    data = read_yaml(path)
+    base = data.pop(BASE_KEY, None)
+    layers = []
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{BASE_KEY} in {path} must be a file path, got {base!r}")
+        base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
+        layers.extend(_layers_of_file(base_path, seen + (real,)))
+    layers.append((data, f"config file {path}"))
+    return layers
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict:
+    """``["graph.k", "5", "train.lr_drop_epochs", "[3, 5]"]`` -> nested dict of YAML-parsed values."""
+    if len(pairs) % 2:
+        raise ConfigError(
+            f"command-line overrides come as KEY VALUE pairs; got an odd number of words: {' '.join(pairs)}"
+        )
+    nested: dict = {}
+    for key, raw in zip(pairs[0::2], pairs[1::2]):
+        if key.startswith("-"):
+            raise ConfigError(f"expected a KEY of a KEY VALUE pair on {COMMAND_LINE}, got option {key!r}")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r} on {COMMAND_LINE} sets a key below a value")
+        node[parts[-1]] = value
+    return nested
+
+
+def _merge_layer(cfg: DictConfig, layer: dict, source: str) -> DictConfig:
+    _check_known_keys(layer, cfg, source)
+    try:
+        return OmegaConf.merge(cfg, layer)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        value = getattr(e, "value", None)
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"bad value for config key {key!r} in {source}: {value!r} ({msg})") from None
+
+
+def _registered_names(kind: str) -> list[str]:
+    if kind == "data.name":
+        from ibc_geo.data import DATASETS
+
+        return DATASETS.names()
+    from ibc_geo.graph import TOPOLOGIES
+
+    return TOPOLOGIES.names()
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Invariants across keys; raises ConfigError naming key, value and what is allowed."""
+
+    def fail(key: str, value: Any, allowed: str) -> None:
+        raise ConfigError(f"bad value for config key {key!r}: {value!r}; {allowed}")
+
+    def choice(key: str, allowed: Iterable[str]) -> None:
+        value = OmegaConf.select(cfg, key)
+        allowed = list(allowed)
+        if value not in allowed:
+            hint = closest(value, allowed)
+            did = f" (did you mean {hint[0]!r}?)" if hint else ""
+            fail(key, value, f"allowed: {', '.join(allowed)}{did}")
+
+    for key, allowed in CHOICES.items():
+        choice(key, allowed)
+    choice("data.name", _registered_names("data.name"))
+    choice("graph.topology", _registered_names("graph.topology"))
+
+    P, K = cfg.sampler.classes_per_batch, cfg.sampler.samples_per_class
+    if P < 2:
+        fail("sampler.classes_per_batch", P, "need at least 2 classes per batch")
+    if K < 2:
+        fail("sampler.samples_per_class", K, "need at least 2 samples per class (positive pairs)")
+    batch = P * K
+    if cfg.sampler.batch_size not in (0, batch):
+        fail("sampler.batch_size", cfg.sampler.batch_size,
+             f"must equal classes_per_batch x samples_per_class = {P} x {K} = {batch} (or 0)")
+    if cfg.graph.topology in ("knn", "random") and not 1 <= cfg.graph.k < batch:
+        fail("graph.k", cfg.graph.k, f"must be in [1, batch size) = [1, {batch}) for topology {cfg.graph.topology!r}")
+    if cfg.model.embedding_dim < 1:
+        fail("model.embedding_dim", cfg.model.embedding_dim, "must be positive")
+    if cfg.mpn.num_heads < 1 or cfg.model.embedding_dim % cfg.mpn.num_heads:
+        fail("mpn.num_heads", cfg.mpn.num_heads,
+             f"must divide model.embedding_dim = {cfg.model.embedding_dim}")
+    if cfg.mpn.num_layers < 1:
+        fail("mpn.num_layers", cfg.mpn.num_layers, "must be >= 1 (use graph.topology none for no MPN)")
+    for key in ("mpn.dropout", "data.random_erasing", "loss.label_smoothing"):
+        value = OmegaConf.select(cfg, key)
+        if not 0.0 <= value < 1.0:
+            fail(key, value, "must be in [0, 1)")
+    if cfg.loss.temperature <= 0:
+        fail("loss.temperature", cfg.loss.temperature, "must be > 0")
+    if cfg.loss.backbone_weight < 0 or cfg.loss.mpn_weight < 0:
+        fail("loss.mpn_weight", (cfg.loss.backbone_weight, cfg.loss.mpn_weight), "weights must be >= 0")
+    if cfg.train.epochs < 1:
+        fail("train.epochs", cfg.train.epochs, "must be >= 1")
+    if cfg.train.lr <= 0:
+        fail("train.lr", cfg.train.lr, "must be > 0")
+    if any(e < 1 for e in cfg.train.lr_drop_epochs):
+        fail("train.lr_drop_epochs", list(cfg.train.lr_drop_epochs), "epochs are numbered from 1")
+    if cfg.eval.every < 1:
+        fail("eval.every", cfg.eval.every, "must be >= 1")
+    if not cfg.eval.recall_k or any(k < 1 for k in cfg.eval.recall_k):
+        fail("eval.recall_k", list(cfg.eval.recall_k), "a non-empty list of positive integers")
+    metrics = [f"recall@{k}" for k in cfg.eval.recall_k] + ["nmi", "map@r", "r_precision", "precision@1"]
+    if cfg.eval.metric not in metrics or (cfg.eval.metric == "nmi" and not cfg.eval.nmi):
+        fail("eval.metric", cfg.eval.metric, f"allowed: {', '.join(metrics)}")
+    vc = cfg.data.val_classes
+    if vc < 0 or (vc >= 1 and vc != int(vc)):
+        fail("data.val_classes", vc, "a fraction in [0, 1) or a whole number of classes")
+    if cfg.eval.selection == "val" and vc == 0:
+        fail("data.val_classes", vc,
+             "eval.selection val needs held-out validation classes: set data.val_classes "
+             "(e.g. 0.15) or eval.selection test")
+    if cfg.data.image_size < 16:
+        fail("data.image_size", cfg.data.image_size, "must be >= 16")
+    pre = cfg.model.pretrained
+    if pre not in ("imagenet", "none") and not os.path.isfile(pre):
+        fail("model.pretrained", pre, "imagenet, none, or the path of an existing local state dict file")
+
+
+def load_config(cfg_file: str | None = None, overrides: Sequence[str] = (), check: bool = True) -> DictConfig:
+    """Defaults < ``cfg_file`` (with its ``_BASE_`` chain) < ``overrides``; checked, read-only."""
+    cfg = default_config()
+    if cfg_file is not None:
+        for layer, source in _layers_of_file(cfg_file):
+            cfg = _merge_layer(cfg, layer, source)
+    if overrides:
+        cfg = _merge_layer(cfg, parse_overrides(list(overrides)), COMMAND_LINE)
+    if check:
+        check_config(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg)
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config atomically; ``--cfg path`` reproduces the run."""
+    from ibc_geo.utils.io import atomic_write_text
+
+    atomic_write_text(path, to_yaml(cfg))
+
+
+def config_to_dict(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def config_from_dict(data: Mapping, check: bool = True) -> DictConfig:
+    """Rebuild a config from ``config_to_dict`` output (e.g. the copy kept in a checkpoint)."""
+    cfg = _merge_layer(default_config(), dict(data), "a saved config")
+    if check:
+        check_config(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg

@@ -1,0 +1,117 @@
+"""The one schema of every option: its type, its default and a one-line comment.
+
+Defaults here are the paper's CUB-200-2011 settings (../shared/METHOD.md §4) unless a comment
+says otherwise. YAML files in ``configs/`` overlay these, and ``KEY VALUE`` pairs on the command
+line overlay the YAML. ``ibc_geo.config.loader`` does the merging and checks the invariants.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List
+
+# Closed sets of values (open sets, data.name and graph.topology, come from registries).
+CHOICES = {
+    "device": ["auto", "cpu", "cuda"],
+    "model.backbone": ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"],
+    "model.pooling": ["max", "avg"],
+    "graph.similarity": ["correlation", "cosine"],
+    "mpn.attention_path": ["auto", "dense", "sparse"],
+    "train.amp_dtype": ["bfloat16", "float16"],
+    "eval.selection": ["val", "test"],
+    "data.on_corrupt": ["skip", "error"],
+}
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # dataset: cub | cars | sop | inshop | imagefolder | digits
+    root: str = ""  # folder the dataset unpacks to (see datasets/README.md); unused by digits
+    image_size: int = 227  # training crop and test centre-crop side (paper: 227)
+    resize_size: int = 0  # test-time resize before the centre crop; 0 = image_size * 256 / 227
+    workers: int = 4  # DataLoader worker processes (0 = load in the main process)
+    val_classes: float = 0.0  # held-out TRAINING classes for model selection: >= 1 a count, < 1 a fraction, 0 none
+    random_erasing: float = 0.5  # probability of RandomErasing in training (paper: 0.5)
+    on_corrupt: str = "skip"  # unreadable image during training: skip (warn, count) | error
+
+
+@dataclass
+class SamplerConfig:
+    classes_per_batch: int = 6  # P: classes per batch (paper CUB: 6)
+    samples_per_class: int = 9  # K: images per class in a batch (paper CUB: 9)
+    batch_size: int = 0  # 0 = P * K; when set it must equal P * K
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet50"  # torchvision ResNet without its classifier (paper: resnet50)
+    pretrained: str = "imagenet"  # imagenet (torchvision weights) | none | path to a local state dict (.pth)
+    embedding_dim: int = 512  # size of the embedding f_i after the Linear reduction (paper: 512)
+    pooling: str = "max"  # global pooling of the last feature map: max (paper) | avg
+    channels_last: bool = True  # channels_last memory format for the ResNet (much faster on CPU and GPU)
+
+
+@dataclass
+class GraphConfig:
+    topology: str = "full"  # batch graph: full | knn | threshold | none | self | random | same_class
+    k: int = 10  # in-degree of knn (itself included) and random (plus itself) graphs
+    threshold: float = 0.5  # threshold graph: keep edges whose weight exceeds this
+    similarity: str = "correlation"  # edge weight relu(sim): correlation (paper) | cosine
+
+
+@dataclass
+class MPNConfig:
+    num_layers: int = 1  # message passing layers L (paper CUB: 1)
+    num_heads: int = 2  # attention heads H (paper CUB: 2)
+    dropout: float = 0.1  # dropout on attention coefficients and residual branches (paper: 0.1)
+    attention_path: str = "auto"  # auto (fastest for the graph) | dense (SDPA) | sparse (MessagePassing)
+
+
+@dataclass
+class LossConfig:
+    temperature: float = 0.2  # logits are divided by T (paper CUB: 0.2)
+    label_smoothing: float = 0.1  # label smoothing of both cross-entropies (official code: 0.1)
+    backbone_weight: float = 1.0  # weight of the backbone cross-entropy (paper: 1)
+    mpn_weight: float = 1.0  # weight of the MPN cross-entropy (paper: 1; 0 disables the MPN loss)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 70  # training epochs (paper: 70)
+    lr: float = 1.5637e-4  # RAdam learning rate (paper CUB)
+    weight_decay: float = 6.0597e-6  # RAdam weight decay (paper CUB)
+    lr_drop_epochs: List[int] = field(default_factory=lambda: [31, 51])  # reload best, lr /= 10 at these epochs
+    lr_drop_factor: float = 0.1  # multiplier of the learning rate at each drop (paper: 0.1)
+    amp: bool = False  # autocast mixed precision (CUDA only; ignored on CPU)
+    amp_dtype: str = "bfloat16"  # autocast dtype: bfloat16 | float16 (float16 uses a grad scaler)
+    resume: bool = False  # continue from output_dir/checkpoints/last.pt
+    overwrite: bool = False  # allow starting afresh in an output_dir that already holds a run
+    iters_per_epoch: int = 0  # 0 = the sampler's epoch length; > 0 caps it (quick runs, tests)
+    log_every: int = 10  # iterations between TensorBoard scalar writes
+
+
+@dataclass
+class EvalConfig:
+    every: int = 1  # evaluate the selection split every this many epochs (and at the last epoch)
+    recall_k: List[int] = field(default_factory=lambda: [1, 2, 4, 8])  # Ks of Recall@K (CUB/Cars: 1 2 4 8)
+    selection: str = "val"  # split that picks the best checkpoint: val (honest) | test (paper's code)
+    metric: str = "recall@1"  # selection metric: a key of the metrics dict (recall@1, map@r, nmi, ...)
+    batch_size: int = 128  # images per batch when extracting embeddings
+    nmi: bool = True  # compute NMI (faiss k-means with k = number of classes)
+    kmeans_iters: int = 20  # faiss k-means iterations for NMI
+    chunk_size: int = 4096  # queries per chunk of the exact faiss search (bounds memory)
+
+
+@dataclass
+class Config:
+    output_dir: str = "output/run"  # run folder: config.yaml, checkpoints/, TensorBoard events, metrics.json
+    seed: int = 0  # seeds python, numpy, torch, the sampler and the validation split
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower; exact resume on CPU holds anyway)
+    data: DataConfig = field(default_factory=DataConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    mpn: MPNConfig = field(default_factory=MPNConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

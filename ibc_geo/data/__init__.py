@@ -1,0 +1,1 @@
+from ibc_geo.data.registry import DATASETS

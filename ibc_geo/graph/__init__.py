@@ -1,0 +1,1 @@
+from ibc_geo.graph.registry import TOPOLOGIES
