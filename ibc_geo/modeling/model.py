@@ -1,0 +1,71 @@
+"""The meta-architecture: backbone -> batch graph -> message passing network (METHOD.md §1-2).
+
+Training: the batch's embeddings :math:`f_i` become a graph (``graph.topology``), the MPN refines
+them with the context of the batch, and both the backbone and the MPN classifiers are supervised.
+Inference: :meth:`IntraBatchModel.embed` runs the backbone alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+from torch_geometric.data import Data
+
+from ibc_geo.graph import build_topology_from_config
+from ibc_geo.modeling.backbone import EmbeddingBackbone
+from ibc_geo.nn import MessagePassingNetwork
+
+
+@dataclass
+class ModelOutput:
+    """What one training forward pass yields."""
+
+    embeddings: torch.Tensor  # f: backbone embeddings [B, D]
+    backbone_logits: torch.Tensor  # [B, C]
+    graph: Data  # the batch graph (x = f detached, edge_index, edge_attr, y)
+    mpn_embeddings: Optional[torch.Tensor] = None  # h: MPN output [B, D]; None without message passing
+    mpn_logits: Optional[torch.Tensor] = None  # [B, C]
+    attention: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None  # per layer (edge_index, alpha [E, H])
+
+
+class IntraBatchModel(nn.Module):
+    """Backbone, batch-graph topology and MPN, trained end to end.
+
+    Args:
+        backbone (EmbeddingBackbone): images -> embeddings and backbone logits.
+        topology: a ``ibc_geo.graph`` topology (callable on a ``Data``).
+        mpn (MessagePassingNetwork, optional): ``None`` when the topology does no message passing.
+    """
+
+    def __init__(self, backbone: EmbeddingBackbone, topology, mpn: Optional[MessagePassingNetwork]):
+        super().__init__()
+        self.backbone = backbone
+        self.topology = topology
+        self.mpn = mpn
+
+    @classmethod
+    def from_config(cls, cfg, num_classes: int) -> "IntraBatchModel":
+        backbone = EmbeddingBackbone(cfg.model.backbone, num_classes, cfg.model.embedding_dim,
+                                     cfg.model.pooling, cfg.model.pretrained)
+        topology = build_topology_from_config(cfg)
+        mpn = MessagePassingNetwork.from_config(cfg, num_classes) if topology.message_passing else None
+        return cls(backbone, topology, mpn)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The test-time embedding: the backbone alone (not normalised)."""
+        return self.backbone.embed(images)
+
+    def forward(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                return_attention_weights: bool = False) -> ModelOutput:
+        f = self.backbone.embed(images)
+        backbone_logits = self.backbone.classify(f)
+        graph = self.topology(Data(x=f.detach().float(), y=labels))
+        out = ModelOutput(embeddings=f, backbone_logits=backbone_logits, graph=graph)
+        if self.mpn is not None:
+            result = self.mpn(f, graph.edge_index, return_attention_weights=return_attention_weights)
+            out.mpn_embeddings, out.mpn_logits = result[0], result[1]
+            if return_attention_weights:
+                out.attention = result[2]
+        return out
