@@ -1,0 +1,151 @@
+"""The base class of batch-graph topologies, and the public builders.
+
+A topology turns one batch (a :class:`~torch_geometric.data.Data` holding the embeddings ``x``
+and, optionally, the labels ``y``) into a graph, in the style of
+:class:`torch_geometric.transforms.KNNGraph`:
+
+* ``edge_index`` of shape ``(2, E)``, PyG's ``source_to_target`` convention: row 0 is the source
+  ``j``, row 1 the target ``i`` that receives the message; edges are ordered by target, then
+  source;
+* ``edge_attr`` of shape ``(E,)``: :math:`\mathrm{relu}(S_{ij})`, the similarity of the two
+  endpoints (see :mod:`ibc_geo.graph.similarity`);
+* ``x``, ``y`` and every other attribute are kept (the input ``Data`` is shallow-copied).
+
+Construction runs under :func:`torch.no_grad` on a dense ``B x B`` similarity, so graph building
+never enters the autograd graph. Adding a topology is one new class::
+
+    @register_topology("mine")
+    class MyTopology(Topology):
+        def select(self, sim, y):   # (B, B) bool mask, mask[i, j] = edge j -> i
+            ...
+
+``from_config`` is the only method that reads the config; ``build_topology(name, **kwargs)``
+and ``build_topology_from_config(cfg)`` are the entry points.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Type, TypeVar
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+from torch_geometric.transforms import BaseTransform
+
+from ibc_geo.graph.registry import TOPOLOGIES
+from ibc_geo.graph.similarity import SIMILARITIES, pairwise_similarity
+
+T = TypeVar("T", bound=type)
+
+
+def register_topology(name: str) -> Callable[[T], T]:
+    """Register a :class:`Topology` subclass in ``TOPOLOGIES`` under ``name`` and set ``cls.name``."""
+
+    def decorator(cls: T) -> T:
+        cls.name = name
+        return TOPOLOGIES.register(name)(cls)
+
+    return decorator
+
+
+def edges_from_mask(mask: Tensor) -> Tensor:
+    """``(B, B)`` boolean ``mask[i, j]`` (edge ``j -> i``) to an ``edge_index`` of shape ``(2, E)``.
+
+    Row 0 holds the sources ``j``, row 1 the targets ``i``; ordered by target, then source.
+    """
+    target, source = mask.nonzero(as_tuple=True)
+    return torch.stack([source, target], dim=0)
+
+
+class Topology(BaseTransform):
+    r"""Base class: builds ``edge_index`` and ``edge_attr`` of one batch graph.
+
+    Subclasses implement :meth:`select`, which returns the boolean adjacency
+    :math:`M \in \{0, 1\}^{B \times B}` with :math:`M_{ij} = 1` iff node :math:`i` receives an
+    edge from node :math:`j`, given the similarity :math:`S` (and the labels when
+    ``needs_labels``). The edge weight is
+
+    .. math::
+        w_{j \to i} = \max(0, S_{ij}).
+
+    Args:
+        similarity (str, optional): Edge weight and neighbour similarity, ``"correlation"``
+            (Pearson, the paper's) or ``"cosine"``. (default: ``"correlation"``)
+
+    Shapes:
+        - **input:** ``data.x`` :math:`(B, F)`, ``data.y`` :math:`(B,)` (optional)
+        - **output:** ``data.edge_index`` :math:`(2, E)` (int64), ``data.edge_attr`` :math:`(E,)`
+    """
+
+    name: str = ""
+    #: False only for ``none``: the model then skips the message passing network.
+    message_passing: bool = True
+    #: True when the topology reads ``data.y`` (a training-time oracle).
+    needs_labels: bool = False
+
+    def __init__(self, similarity: str = "correlation") -> None:
+        if similarity not in SIMILARITIES:
+            raise ValueError(
+                f"topology {self.name!r}: unknown similarity {similarity!r}; "
+                f"allowed: {', '.join(SIMILARITIES)}"
+            )
+        self.similarity = similarity
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "Topology":
+        """Build from ``cfg.graph`` (and ``cfg.seed`` where a subclass needs it)."""
+        return cls(similarity=cfg.graph.similarity)
+
+    def select(self, sim: Tensor, y: Optional[Tensor]) -> Tensor:
+        """The ``(B, B)`` boolean adjacency, ``mask[i, j]`` = edge ``j -> i``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement select(sim, y)")
+
+    def forward(self, data: Data) -> Data:
+        x = data.x
+        if x is None or x.dim() != 2:
+            raise ValueError(
+                f"topology {self.name!r} needs node features data.x of shape (B, F), got "
+                f"{None if x is None else tuple(x.shape)}"
+            )
+        y = getattr(data, "y", None)
+        if self.needs_labels and y is None:
+            raise ValueError(
+                f"topology {self.name!r} needs labels (data.y) to build the graph; it is a "
+                "training-time oracle and cannot run without them"
+            )
+        with torch.no_grad():
+            sim = pairwise_similarity(x.detach(), self.similarity)
+            mask = self.select(sim, y)
+            edge_index = edges_from_mask(mask)
+            data.edge_index = edge_index
+            data.edge_attr = sim[edge_index[1], edge_index[0]].clamp_min(0)
+        return data
+
+    # A topology with a random generator overrides these two so that a run resumes exactly.
+    def state_dict(self) -> Dict[str, Any]:
+        """State to checkpoint (empty unless the topology is random)."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise ValueError(f"topology {self.name!r} holds no state, got keys {sorted(state)}")
+
+    def extra_repr(self) -> str:
+        return f"similarity={self.similarity!r}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def build_topology(name: str, **kwargs: Any) -> Topology:
+    """Instantiate the topology registered as ``name`` with keyword arguments.
+
+    Raises ``KeyError`` listing the registered names when ``name`` is unknown.
+    """
+    cls: Type[Topology] = TOPOLOGIES.get(name)
+    return cls(**kwargs)
+
+
+def build_topology_from_config(cfg: Any) -> Topology:
+    """The topology named by ``cfg.graph.topology``, built by its ``from_config``."""
+    return TOPOLOGIES.get(cfg.graph.topology).from_config(cfg)
