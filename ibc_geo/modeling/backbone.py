@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torchvision.models import get_model, get_model_weights
 
+from ibc_geo.utils.state import state_dict_mismatch
+
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
@@ -65,22 +67,11 @@ def load_trunk_weights(trunk: nn.Module, state: dict, source: str) -> None:
     Raises PretrainedWeightsError listing missing, unexpected and mis-shaped keys.
     """
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    own = trunk.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(
-        f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if state[k].shape != own[k].shape
-    )
-    if missing or unexpected or shapes:
-        def show(keys):
-            return ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
-
+    problem = state_dict_mismatch(trunk, state)
+    if problem:
         raise PretrainedWeightsError(
-            f"the weights from {source} do not fit this backbone: "
-            f"missing keys [{show(missing)}]; unexpected keys [{show(unexpected)}]; "
-            f"mismatched shapes [{show(shapes)}]. Is it a state dict of the configured model.backbone?"
+            f"the weights from {source} do not fit this backbone: {problem}. "
+            f"Is it a state dict of the configured model.backbone?"
         )
     trunk.load_state_dict(state, strict=True)
 
@@ -95,6 +86,8 @@ class EmbeddingBackbone(nn.Module):
         pooling (str, optional): ``"max"`` (paper) or ``"avg"`` (default: ``"max"``).
         pretrained (str, optional): ``"imagenet"``, ``"none"`` or a local state dict path
             (default: ``"none"``).
+        channels_last (bool, optional): run the ResNet in ``channels_last`` memory format, several
+            times faster on CPU and on tensor cores (default: ``True``).
 
     Shapes:
         - **input:** images :math:`(B, 3, H, W)`
@@ -103,7 +96,7 @@ class EmbeddingBackbone(nn.Module):
     """
 
     def __init__(self, name: str, num_classes: int, embedding_dim: int = 512, pooling: str = "max",
-                 pretrained: str = "none"):
+                 pretrained: str = "none", channels_last: bool = True):
         super().__init__()
         if name not in BACKBONES:
             raise ValueError(f"model.backbone {name!r} is not one of {', '.join(BACKBONES)}")
@@ -121,8 +114,13 @@ class EmbeddingBackbone(nn.Module):
         self.trunk = trunk
         self.embedding = nn.Linear(self.feature_dim, embedding_dim)
         self.classifier = nn.Linear(embedding_dim, num_classes)
+        self.channels_last = channels_last
+        if channels_last:
+            self.trunk.to(memory_format=torch.channels_last)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.embedding(self.trunk(images))
 
     def classify(self, embeddings: torch.Tensor) -> torch.Tensor:

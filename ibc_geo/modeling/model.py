@@ -46,9 +46,12 @@ class IntraBatchModel(nn.Module):
         self.mpn = mpn
 
     @classmethod
-    def from_config(cls, cfg, num_classes: int) -> "IntraBatchModel":
+    def from_config(cls, cfg, num_classes: int, pretrained: Optional[str] = None) -> "IntraBatchModel":
+        """The configured model; ``pretrained`` overrides ``model.pretrained`` (e.g. ``"none"`` when
+        a checkpoint's weights replace them anyway)."""
         backbone = EmbeddingBackbone(cfg.model.backbone, num_classes, cfg.model.embedding_dim,
-                                     cfg.model.pooling, cfg.model.pretrained)
+                                     cfg.model.pooling, cfg.model.pretrained if pretrained is None else pretrained,
+                                     channels_last=cfg.model.channels_last)
         topology = build_topology_from_config(cfg)
         mpn = MessagePassingNetwork.from_config(cfg, num_classes) if topology.message_passing else None
         return cls(backbone, topology, mpn)

@@ -1,0 +1,68 @@
+"""Checkpoints: written atomically (temporary file, then rename), loaded with ``weights_only=True``."""
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import torch
+
+from ibc_geo.utils.io import atomic_write
+from ibc_geo.utils.state import state_dict_mismatch
+
+# Keys that may differ between a checkpoint's config and the config resuming or evaluating it:
+# where things live and how fast they run, not what is trained.
+RUNTIME_KEYS = (
+    "output_dir", "device", "data.root", "data.workers", "train.resume", "train.overwrite",
+    "train.epochs", "train.log_every", "eval.batch_size", "eval.chunk_size",
+)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable, or from another architecture or config."""
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
+    """Save ``state`` so that a crash at any moment leaves either the old or the new file."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - report any unreadable file the same way
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(saved: dict, current: dict, ignore: Iterable[str] = RUNTIME_KEYS) -> list[str]:
+    """``["key: saved -> current", ...]`` for keys that change what is trained."""
+    a, b = _flatten(saved), _flatten(current)
+    ignore = tuple(ignore)
+
+    def ignored(key: str) -> bool:  # "train." ignores a whole section
+        return any(key == i or (i.endswith(".") and key.startswith(i)) for i in ignore)
+
+    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+            for k in sorted(set(a) | set(b)) if not ignored(k) and a.get(k) != b.get(k)]
+
+
+def load_model_state(model: torch.nn.Module, state: dict, source: str) -> None:
+    """``load_state_dict`` that reports missing, unexpected and mis-shaped keys instead of a trace."""
+    problem = state_dict_mismatch(model, state)
+    if problem:
+        raise CheckpointError(
+            f"checkpoint {source} does not fit the configured model (another architecture or config?): {problem}"
+        )
+    model.load_state_dict(state)

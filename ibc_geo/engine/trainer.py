@@ -1,0 +1,332 @@
+"""End-to-end training (METHOD.md §1): the loop, model selection, LR drops, checkpoints, logs.
+
+Outputs in ``output_dir``: ``config.yaml`` (``--cfg`` of it reproduces the run),
+``checkpoints/last.pt`` and ``best.pt`` (written atomically), TensorBoard events, ``log.txt``
+(one line per epoch) and, at the end, ``metrics.json``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from ibc_geo.config import config_to_dict, save_config
+from ibc_geo.data import build_dataset, build_train_loader, build_transforms
+from ibc_geo.engine import visualize
+from ibc_geo.engine.checkpoint import (
+    RUNTIME_KEYS,
+    CheckpointError,
+    config_differences,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+)
+from ibc_geo.engine.evaluator import amp_dtype, evaluate_model
+from ibc_geo.modeling import IntraBatchLoss, IntraBatchModel
+from ibc_geo.nn.analysis import attention_entropy, same_class_attention_share
+from ibc_geo.utils.io import atomic_write_json
+from ibc_geo.utils.runtime import progress_enabled, resolve_device, rng_state, seed_everything, set_rng_state
+
+logger = logging.getLogger("ibc_geo")
+
+FRACTION_METRICS = ("recall@", "map@r", "r_precision", "precision@1", "nmi")
+
+
+class RunExistsError(RuntimeError):
+    """``output_dir`` already holds a run and neither ``train.resume`` nor ``train.overwrite`` is set."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite; the run stops, ``last.pt`` of the last epoch stays intact."""
+
+
+def train(cfg) -> dict:
+    """Train the configured model in ``cfg.output_dir``; returns what it writes to ``metrics.json``."""
+    return Trainer(cfg).fit()
+
+
+class Trainer:
+    """Owns the model, optimizer, data, writers and checkpoints of one run."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.device = resolve_device(cfg.device)
+        self.amp_dtype = amp_dtype(cfg, self.device)
+        if cfg.train.amp and self.device.type != "cuda":
+            logger.warning("train.amp is on but the device is %s: training in float32", self.device)
+        self.epoch = 0  # last finished epoch
+        self.drops = 0  # learning-rate drops done
+        self.best: Optional[dict] = None  # {"epoch", "value", "metrics"}
+        self.history: list[dict] = []
+        self.train_time = 0.0
+        self._selection_dataset = None
+        self._last_batch = None
+
+    # ----------------------------------------------------------------------------------- set-up
+    def _prepare_output_dir(self) -> Optional[dict]:
+        cfg, last, metrics = self.cfg, self.ckpt_dir / "last.pt", self.out / "metrics.json"
+        if cfg.train.resume and last.exists():
+            state = load_checkpoint(last)
+            diff = config_differences(state["config"], config_to_dict(cfg), RUNTIME_KEYS)
+            if diff:
+                raise CheckpointError(f"cannot resume {last}: it was trained with another config: " + "; ".join(diff))
+            return state
+        if (last.exists() or metrics.exists()) and not cfg.train.resume:
+            if not cfg.train.overwrite:
+                found = [str(p) for p in (last, metrics) if p.exists()]
+                raise RunExistsError(
+                    f"output_dir {self.out} already holds a run ({', '.join(found)}); pass `train.resume true` "
+                    f"to continue it, `train.overwrite true` to start afresh, or choose another output_dir"
+                )
+            shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+            for p in [metrics, self.out / "log.txt", *self.out.glob("events.out.tfevents*")]:
+                p.unlink(missing_ok=True)
+            shutil.rmtree(self.out / "hparams", ignore_errors=True)
+        elif cfg.train.resume:
+            logger.info("train.resume: no %s yet, starting afresh", last)
+        return None
+
+    def _build(self, resume: Optional[dict]) -> None:
+        cfg = self.cfg
+        self.train_set = build_dataset(cfg, "train", build_transforms(cfg, train=True))
+        self.model = IntraBatchModel.from_config(
+            cfg, self.train_set.num_classes, pretrained="none" if resume else None).to(self.device)
+        self.loss_fn = IntraBatchLoss.from_config(cfg)
+        self.optimizer = torch.optim.RAdam(self.model.parameters(), lr=cfg.train.lr,
+                                           weight_decay=cfg.train.weight_decay)
+        use_scaler = self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.loader, self.sampler = build_train_loader(cfg, self.train_set)
+
+    def _restore(self, state: dict) -> None:
+        load_model_state(self.model, state["model"], str(self.ckpt_dir / "last.pt"))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.model.topology.load_state_dict(state["topology"])
+        self.epoch, self.drops, self.best = state["epoch"], state["drops"], state["best"]
+        self.history, self.train_time = state["history"], state["train_time"]
+        set_rng_state(state["rng"])
+        logger.info("resumed from epoch %d", self.epoch)
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "topology": self.model.topology.state_dict(),
+            "epoch": self.epoch,
+            "drops": self.drops,
+            "best": self.best,
+            "history": self.history,
+            "train_time": self.train_time,
+            "rng": rng_state(),
+            "config": config_to_dict(self.cfg),
+        }
+
+    def _drop_learning_rate(self) -> None:
+        """The paper's schedule: reload the best checkpoint so far, then divide the LR by 10."""
+        best = self.ckpt_dir / "best.pt"
+        if best.exists():
+            state = load_checkpoint(best)
+            load_model_state(self.model, state["model"], str(best))
+            self.optimizer.load_state_dict(state["optimizer"])
+            logger.info("epoch %d: reloaded best checkpoint of epoch %d", self.epoch + 1, state["epoch"])
+        self.drops += 1
+        lr = self.cfg.train.lr * self.cfg.train.lr_drop_factor ** self.drops
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    # ---------------------------------------------------------------------------------- training
+    def _train_epoch(self, epoch: int, writer: SummaryWriter) -> dict:
+        cfg, model = self.cfg, self.model
+        model.train()
+        self.sampler.set_epoch(epoch)
+        iters = len(self.sampler) if cfg.train.iters_per_epoch <= 0 else min(cfg.train.iters_per_epoch,
+                                                                              len(self.sampler))
+        sums: dict = {}
+        autocast = (torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext())
+        bar = tqdm(total=iters, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False,
+                   disable=not progress_enabled())
+        for it, (images, labels, _) in enumerate(self.loader):
+            if it >= iters:
+                break
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            with autocast:
+                out = model(images, labels)
+            terms = self.loss_fn(labels, out.backbone_logits, out.mpn_logits)
+            values = {name: float(t.detach()) for name, t in terms.items()}
+            for name, value in values.items():
+                if not math.isfinite(value):
+                    raise NonFiniteLossError(
+                        f"loss term {name!r} is {value} at epoch {epoch}, iteration {it + 1}; stopping. "
+                        f"{self.ckpt_dir / 'last.pt'} (epoch {self.epoch}) is kept intact"
+                    )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(terms["total"]).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            for name, value in values.items():
+                sums[name] = sums.get(name, 0.0) + value
+            step = (epoch - 1) * iters + it
+            if it % cfg.train.log_every == 0:
+                for name, value in values.items():
+                    writer.add_scalar(f"loss/{name}", value, step)
+                writer.add_scalar("lr", self.optimizer.param_groups[0]["lr"], step)
+            bar.set_postfix(loss=f"{values['total']:.3f}")
+            bar.update()
+        bar.close()
+        self._last_batch = (images[: min(len(images), 128)], labels[: min(len(labels), 128)])
+        return {name: s / max(iters, 1) for name, s in sums.items()}
+
+    # -------------------------------------------------------------------------------- evaluation
+    def _selection_set(self):
+        if self._selection_dataset is None:
+            self._selection_dataset = build_dataset(self.cfg, self.cfg.eval.selection,
+                                                    build_transforms(self.cfg, train=False))
+        return self._selection_dataset
+
+    def _log_batch_pictures(self, writer: SummaryWriter, epoch: int) -> None:
+        """Attention matrix, similarity before/after the MPN, attention entropy and same-class share."""
+        if self._last_batch is None or self.model.mpn is None:
+            return
+        images, labels = self._last_batch
+        self.model.eval()
+        with torch.no_grad():
+            out = self.model(images, labels, return_attention_weights=True)
+        order = visualize.class_order(labels)
+        n = len(labels)
+        writer.add_image("graph/similarity_backbone",
+                         visualize.as_image(visualize.cosine_matrix(out.embeddings), order, -1, 1), epoch)
+        writer.add_image("graph/similarity_mpn",
+                         visualize.as_image(visualize.cosine_matrix(out.mpn_embeddings), order, -1, 1), epoch)
+        for layer, (edge_index, alpha) in enumerate(out.attention):
+            writer.add_image(f"graph/attention_layer{layer}",
+                             visualize.as_image(visualize.dense_attention(edge_index, alpha, n), order), epoch)
+            entropy = attention_entropy(edge_index, alpha, n)
+            share = same_class_attention_share(edge_index, alpha, labels)
+            writer.add_scalar(f"graph/attention_entropy_layer{layer}", float(entropy.mean()), epoch)
+            writer.add_scalar(f"graph/same_class_attention_layer{layer}", float(share.mean()), epoch)
+
+    def _evaluate(self, epoch: int, writer: SummaryWriter) -> dict:
+        cfg = self.cfg
+        metrics = evaluate_model(cfg, self.model, self._selection_set(), self.device)
+        split = cfg.eval.selection
+        for key, value in metrics.items():
+            if key.startswith(FRACTION_METRICS):
+                writer.add_scalar(f"{split}/{key}", value, epoch)
+        self._log_batch_pictures(writer, epoch)
+        self.history.append({"epoch": epoch, **metrics})
+        value = metrics[cfg.eval.metric]
+        if self.best is None or value > self.best["value"]:
+            self.best = {"epoch": epoch, "value": value, "metrics": metrics}
+            save_checkpoint(self._state(), self.ckpt_dir / "best.pt")
+        return metrics
+
+    # ------------------------------------------------------------------------------------- main
+    def fit(self) -> dict:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        resume = self._prepare_output_dir()
+        seed_everything(cfg.seed)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self._build(resume)
+        if resume is not None:
+            self._restore(resume)
+        save_config(cfg, self.out / "config.yaml")
+        writer = SummaryWriter(log_dir=str(self.out))
+        epochs = tqdm(range(self.epoch + 1, cfg.train.epochs + 1), desc="epochs", disable=not progress_enabled())
+        try:
+            for epoch in epochs:
+                start = time.perf_counter()
+                if epoch in cfg.train.lr_drop_epochs:
+                    self._drop_learning_rate()
+                losses = self._train_epoch(epoch, writer)
+                metrics = None
+                if epoch % cfg.eval.every == 0 or epoch == cfg.train.epochs:
+                    metrics = self._evaluate(epoch, writer)
+                self.epoch = epoch
+                self.train_time += time.perf_counter() - start
+                save_checkpoint(self._state(), self.ckpt_dir / "last.pt")
+                self._log_epoch(epoch, losses, metrics)
+            result = self._finish(writer)
+        finally:
+            writer.close()
+        return result
+
+    def _log_epoch(self, epoch: int, losses: dict, metrics: Optional[dict]) -> None:
+        cfg = self.cfg
+        parts = [f"epoch {epoch}/{cfg.train.epochs}",
+                 "loss " + " ".join(f"{k} {v:.4f}" for k, v in losses.items()),
+                 f"lr {self.optimizer.param_groups[0]['lr']:.3g}"]
+        if metrics is not None:
+            parts.append(f"{cfg.eval.selection} {cfg.eval.metric} {100 * metrics[cfg.eval.metric]:.2f} "
+                         f"(best {100 * self.best['value']:.2f} @ {self.best['epoch']})")
+        parts.append(f"time {self.train_time:.1f}s")
+        line = " | ".join(parts)
+        logger.info(line)
+        with open(self.out / "log.txt", "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    def _finish(self, writer: SummaryWriter) -> dict:
+        """Evaluate the selected checkpoint once on the test split; write metrics.json and hparams."""
+        cfg = self.cfg
+        best = self.ckpt_dir / "best.pt"
+        if best.exists():
+            load_model_state(self.model, load_checkpoint(best)["model"], str(best))
+        test_set = build_dataset(cfg, "test", build_transforms(cfg, train=False))
+        test = evaluate_model(cfg, self.model, test_set, self.device)
+        for key, value in test.items():
+            if key.startswith(FRACTION_METRICS):
+                writer.add_scalar(f"test/{key}", value, self.epoch)
+        result = {
+            "dataset": cfg.data.name,
+            "epochs": self.epoch,
+            "train_time_s": self.train_time,
+            "test": test,
+            "selection": {
+                "split": cfg.eval.selection,
+                "metric": cfg.eval.metric,
+                "best_value": self.best["value"] if self.best else None,
+                "best_epoch": self.best["epoch"] if self.best else None,
+                "history": self.history,
+            },
+        }
+        atomic_write_json(self.out / "metrics.json", result)
+        writer.add_hparams(
+            _hparams(cfg),
+            {f"hparam/test_{k}": v for k, v in test.items() if k.startswith(FRACTION_METRICS)}
+            | {f"hparam/{cfg.eval.selection}_{cfg.eval.metric}": result["selection"]["best_value"] or 0.0},
+            run_name="hparams",
+        )
+        line = "test | " + " | ".join(f"{k} {100 * v:.2f}" for k, v in test.items() if k.startswith(FRACTION_METRICS))
+        logger.info(line)
+        with open(self.out / "log.txt", "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+        return result
+
+
+def _hparams(cfg) -> dict:
+    """The config keys that tell runs apart in TensorBoard's HPARAMS view."""
+    keys = ["data.name", "model.backbone", "model.embedding_dim", "graph.topology", "graph.k", "graph.threshold",
+            "mpn.num_layers", "mpn.num_heads", "loss.temperature", "loss.mpn_weight", "train.lr", "seed"]
+    flat = {}
+    for key in keys:
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        flat[key] = node
+    return flat
