@@ -1,0 +1,20 @@
+"""Neural network layers on batch graphs, PyG-style (usable in any PyG model, no config reads).
+
+* :class:`IntraBatchAttention`: multi-head attention over incoming edges, a ``MessagePassing``
+  layer with a dense SDPA fast path;
+* :class:`IntraBatchLayer`: attention + feed-forward transformer block;
+* :class:`MessagePassingNetwork`: ``L`` layers, a BatchNorm neck and a bias-free classifier;
+* :func:`attention_entropy`, :func:`same_class_attention_share`: per-node attention statistics.
+"""
+from ibc_geo.nn.analysis import attention_entropy, same_class_attention_share
+from ibc_geo.nn.attention import IntraBatchAttention
+from ibc_geo.nn.layer import IntraBatchLayer
+from ibc_geo.nn.mpn import MessagePassingNetwork
+
+__all__ = [
+    "IntraBatchAttention",
+    "IntraBatchLayer",
+    "MessagePassingNetwork",
+    "attention_entropy",
+    "same_class_attention_share",
+]

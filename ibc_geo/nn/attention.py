@@ -1,0 +1,209 @@
+r"""Multi-head dot-product attention over the incoming edges of a batch graph.
+
+:class:`IntraBatchAttention` is a :class:`torch_geometric.nn.MessagePassing` layer (only
+``message`` is overridden) with a dense fast path through
+:func:`torch.nn.functional.scaled_dot_product_attention` (SDPA). Both paths compute the same
+function with the same parameters:
+
+* ``"sparse"``: PyG's edge-wise gather / softmax / scatter; works on any graph (batches of graphs,
+  directed graphs, isolated nodes, duplicate edges, empty ``edge_index``). Cost :math:`O(E d)`
+  memory for the per-edge queries, keys and values.
+* ``"dense"``: one SDPA call on all :math:`N` nodes; unmasked on the full graph, with a boolean
+  :math:`N \times N` mask otherwise. Cost :math:`O(N^2)` whatever :math:`E` is, but with fused BLAS
+  kernels. Needs a graph without duplicate edges (a mask cannot count an edge twice).
+* ``"auto"`` (default): dense for the full graph and for graphs denser than
+  :attr:`IntraBatchAttention.DENSE_MIN_DENSITY` edges per node pair (masked SDPA), sparse
+  otherwise. Deciding costs one :math:`O(E)` scatter into an :math:`N^2` boolean mask, done
+  without gradients, and only when :math:`E \ge \rho N^2` (so sparse graphs pay nothing). The
+  threshold comes from ``benchmarks/mpn.py`` (see ``benchmarks/RESULTS_mpn.md``).
+
+Attention weights, when requested, are per edge and in ``edge_index`` order on both paths
+(the pre-dropout coefficients, as in PyG's ``TransformerConv``). On the dense path they are
+computed by an explicit softmax instead of SDPA (SDPA does not return them), still differentiable.
+
+Compilation: ``torch.compile`` works on both paths (the dense/sparse decision is data-dependent
+and causes a graph break, so compile with a fixed ``attention_path`` for one graph). TorchScript:
+``torch.jit.script`` is deprecated in torch >= 2.10 and PyG's ``jittable()`` is a no-op since
+PyG 2.5; this layer is not scripted (see ``tests/nn/test_attention.py``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.nn import MessagePassing
+from torch_geometric.utils import is_sparse, softmax
+
+PATHS = ("auto", "dense", "sparse")
+
+
+class IntraBatchAttention(MessagePassing):
+    r"""Transformer-style attention of each node over its incoming edges (METHOD.md §1.3).
+
+    .. math::
+        \alpha_{ij}^{(h)} = \operatorname{softmax}_{j \in \mathcal{N}(i)}
+            \left( \frac{\langle \mathbf{W}_q^{(h)} x_i, \mathbf{W}_k^{(h)} x_j \rangle}
+                        {\sqrt{d / H}} \right)
+
+    .. math::
+        x_i' = \mathbf{W}_o \, \Big\Vert_{h=1}^{H} \sum_{j \in \mathcal{N}(i)}
+            \operatorname{Dropout}(\alpha_{ij}^{(h)}) \, \mathbf{W}_v^{(h)} x_j + b_o
+
+    where :math:`\mathbf{W}_q, \mathbf{W}_k, \mathbf{W}_v, \mathbf{W}_o` are ``Linear(d, d)``
+    (with bias; :math:`\mathbf{W}^{(h)}` is the :math:`h`-th block of :math:`d/H` rows) and
+    :math:`\mathcal{N}(i) = \{ j : (j, i) \in \mathcal{E} \}`. A node without incoming edges
+    receives the zero message, so its output is :math:`b_o`. Xavier-uniform weights, zero biases.
+
+    Args:
+        channels (int): Node feature size :math:`d` (input and output).
+        heads (int, optional): Number of heads :math:`H`; must divide ``channels``.
+            (default: ``1``)
+        dropout (float, optional): Dropout probability on the attention coefficients, in training
+            mode only. (default: ``0.1``)
+        attention_path (str, optional): ``"auto"``, ``"dense"`` (SDPA) or ``"sparse"``
+            (MessagePassing); see the module docstring. (default: ``"auto"``)
+        **kwargs (optional): Additional arguments of
+            :class:`torch_geometric.nn.conv.MessagePassing` (``aggr`` stays ``"add"``).
+
+    Shapes:
+        - **input:** node features :math:`(N, d)`, edge indices :math:`(2, E)`
+          (row 0 source :math:`j`, row 1 target :math:`i`)
+        - **output:** node features :math:`(N, d)` or
+          :math:`((N, d), ((2, E), (E, H)))` when ``return_attention_weights`` is ``True``
+    """
+
+    #: Lowest edge density :math:`E / N^2` at which ``"auto"`` takes masked SDPA over the sparse
+    #: path (full graphs always go dense). Measured on CPU by ``benchmarks/mpn.py``.
+    DENSE_MIN_DENSITY: float = 0.02
+    #: ``"auto"`` never builds a dense mask for more nodes than this (memory :math:`N^2` bytes).
+    DENSE_MAX_NODES: int = 32768
+
+    def __init__(self, channels: int, heads: int = 1, dropout: float = 0.1,
+                 attention_path: str = "auto", **kwargs) -> None:
+        kwargs.setdefault("aggr", "add")
+        super().__init__(node_dim=0, **kwargs)
+        if heads < 1 or channels % heads:
+            raise ValueError(f"heads = {heads} must be >= 1 and divide channels = {channels}")
+        if attention_path not in PATHS:
+            raise ValueError(f"attention_path must be one of {', '.join(PATHS)}, got {attention_path!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.channels = channels
+        self.heads = heads
+        self.dropout = dropout
+        self.attention_path = attention_path
+        self.lin_query = torch.nn.Linear(channels, channels)
+        self.lin_key = torch.nn.Linear(channels, channels)
+        self.lin_value = torch.nn.Linear(channels, channels)
+        self.lin_out = torch.nn.Linear(channels, channels)
+        self._alpha: Optional[Tensor] = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        for lin in (self.lin_query, self.lin_key, self.lin_value, self.lin_out):
+            torch.nn.init.xavier_uniform_(lin.weight)
+            torch.nn.init.zeros_(lin.bias)
+
+    # ------------------------------------------------------------------ path choice
+    def dense_plan(self, edge_index: Tensor, num_nodes: int) -> Tuple[bool, Optional[Tensor]]:
+        r"""``(use_dense, mask)``: whether the dense path runs and its ``(N, N)`` boolean mask
+        (``mask[i, j]`` = edge ``j -> i``; ``None`` for the full graph, where SDPA runs unmasked).
+        """
+        path = self.attention_path
+        if path == "sparse" or not isinstance(edge_index, Tensor) or is_sparse(edge_index):
+            if path == "dense":
+                raise ValueError("attention_path='dense' needs edge_index as a (2, E) tensor")
+            return False, None
+        N, E = num_nodes, edge_index.size(1)
+        if path == "auto":
+            if N == 0 or E == 0 or N > self.DENSE_MAX_NODES:
+                return False, None
+            if E != N * N and E < self.DENSE_MIN_DENSITY * N * N:
+                return False, None
+        with torch.no_grad():
+            flat = edge_index[1] * N + edge_index[0]
+            mask = torch.zeros(N * N, dtype=torch.bool, device=edge_index.device)
+            mask[flat] = True
+            distinct = int(mask.sum())
+        if distinct != E:
+            if path == "dense":
+                raise ValueError(
+                    f"attention_path='dense' needs a graph without duplicate edges; edge_index has "
+                    f"{E} edges but {distinct} distinct ones (use attention_path='sparse')")
+            return False, None
+        if distinct == N * N:
+            return True, None
+        return True, mask.view(N, N)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: Tensor, edge_index: Tensor,
+                return_attention_weights: Optional[bool] = None
+                ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Tensor]]]:
+        r"""Runs the forward pass.
+
+        Args:
+            x (torch.Tensor): Node features.
+            edge_index (torch.Tensor): Edge indices (source row 0, target row 1).
+            return_attention_weights (bool, optional): If ``True``, also return
+                ``(edge_index, alpha)`` with the pre-dropout coefficients ``alpha`` of shape
+                ``(E, H)``. (default: ``None``)
+        """
+        N, H, C = x.size(0), self.heads, self.channels // self.heads
+        query = self.lin_query(x).view(N, H, C)
+        key = self.lin_key(x).view(N, H, C)
+        value = self.lin_value(x).view(N, H, C)
+        need_alpha = bool(return_attention_weights)
+
+        use_dense, mask = self.dense_plan(edge_index, N)
+        if use_dense:
+            out, alpha = self._dense(query, key, value, mask, edge_index, need_alpha)
+        else:
+            out = self.propagate(edge_index, query=query, key=key, value=value, size=(N, N))
+            alpha = self._alpha
+            self._alpha = None
+        out = self.lin_out(out.reshape(N, self.channels))
+        if need_alpha:
+            return out, (edge_index, alpha)
+        return out
+
+    def _dense(self, query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor],
+               edge_index: Tensor, need_alpha: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        N = query.size(0)
+        q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (query, key, value))  # (1, H, N, C)
+        isolated = None
+        if mask is not None:
+            has_in = mask.any(dim=1)
+            if not bool(has_in.all()):
+                # A row without any key makes softmax 0/0; attend to itself, then zero the row.
+                isolated = ~has_in
+                mask = mask | torch.diag_embed(isolated)
+        p = self.dropout if self.training else 0.0
+        alpha = None
+        if not need_alpha:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        else:
+            score = (q @ k.transpose(-1, -2)) / math.sqrt(q.size(-1))
+            if mask is not None:
+                score = score.masked_fill(~mask, float("-inf"))
+            attn = score.softmax(dim=-1)  # (1, H, N, N)
+            alpha = attn[0][:, edge_index[1], edge_index[0]].t()  # (E, H)
+            out = F.dropout(attn, p=p, training=self.training) @ v
+        out = out.squeeze(0).transpose(0, 1)  # (N, H, C)
+        if isolated is not None:
+            out = out.masked_fill(isolated.view(N, 1, 1), 0.0)
+        return out, alpha
+
+    def message(self, query_i: Tensor, key_j: Tensor, value_j: Tensor, index: Tensor,
+                ptr: Optional[Tensor], size_i: Optional[int]) -> Tensor:
+        alpha = (query_i * key_j).sum(dim=-1) / math.sqrt(query_i.size(-1))
+        alpha = softmax(alpha, index, ptr, size_i)
+        self._alpha = alpha
+        alpha = F.dropout(alpha, p=self.dropout, training=self.training)
+        return value_j * alpha.unsqueeze(-1)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.channels}, heads={self.heads})"
