@@ -1,0 +1,63 @@
+"""DataLoaders: PK batches for training, plain ordered batches for embedding extraction."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ibc_geo.data.sampler import PKSampler
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and ``random`` in a worker from the seed torch gave it (from the loader's generator)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def loader_generator(seed: int, epoch: int = 0) -> torch.Generator:
+    """A torch generator seeded from (seed, epoch): it seeds the workers (torch RNG = base + worker id)."""
+    state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world_size) of the initialised torch.distributed group, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _loader_options(cfg) -> dict:
+    workers = int(cfg.data.workers)
+    return dict(
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=seed_worker,
+    )
+
+
+def build_train_loader(cfg, dataset, epoch: int = 0) -> tuple[DataLoader, PKSampler]:
+    """PK batches of ``dataset`` (``sampler.classes_per_batch`` x ``sampler.samples_per_class``).
+
+    The sampler is set to ``epoch``; call ``sampler.set_epoch(e)`` before each later epoch. Worker
+    seeds come from a generator seeded by (``seed``, ``epoch``). With ``data.workers`` 0 the
+    augmentation draws from the main process's torch RNG (the trainer seeds it).
+    Under torch.distributed each rank gets disjoint batches.
+    """
+    rank, world_size = distributed_rank()
+    sampler = PKSampler(dataset.labels, cfg.sampler.classes_per_batch, cfg.sampler.samples_per_class,
+                        seed=cfg.seed, rank=rank, world_size=world_size)
+    sampler.set_epoch(epoch)
+    loader = DataLoader(dataset, batch_sampler=sampler, generator=loader_generator(cfg.seed, epoch),
+                        **_loader_options(cfg))
+    return loader, sampler
+
+
+def build_eval_loader(cfg, dataset) -> DataLoader:
+    """``dataset`` in order, ``eval.batch_size`` images per batch, the last batch kept."""
+    return DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, drop_last=False,
+                      generator=loader_generator(cfg.seed), **_loader_options(cfg))
