@@ -104,13 +104,13 @@ class EmbeddingBackbone(nn.Module):
             raise ValueError(f"model.pooling {pooling!r} is not one of max, avg")
         self.name = name
         trunk = get_model(name, weights=None)
+        self.feature_dim = trunk.fc.in_features
+        trunk.fc = nn.Identity()
+        trunk.avgpool = nn.AdaptiveMaxPool2d(1) if pooling == "max" else nn.AdaptiveAvgPool2d(1)
         if pretrained == "imagenet":
             load_trunk_weights(trunk, imagenet_state_dict(name), f"torchvision ImageNet weights of {name}")
         elif pretrained not in ("none", "", None):
             load_trunk_weights(trunk, load_local_state_dict(pretrained), repr(pretrained))
-        self.feature_dim = trunk.fc.in_features
-        trunk.fc = nn.Identity()
-        trunk.avgpool = nn.AdaptiveMaxPool2d(1) if pooling == "max" else nn.AdaptiveAvgPool2d(1)
         self.trunk = trunk
         self.embedding = nn.Linear(self.feature_dim, embedding_dim)
         self.classifier = nn.Linear(embedding_dim, num_classes)

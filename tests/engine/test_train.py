@@ -1,0 +1,161 @@
+"""End-to-end training on tiny data: outputs, exact resume, NaN stop, LR drop, selection, errors."""
+import json
+import math
+import os
+
+import pytest
+import torch
+
+import ibc_geo.engine.trainer as trainer_module
+from ibc_geo.config import load_config
+from ibc_geo.engine import CheckpointError, NonFiniteLossError, RunExistsError, evaluate_checkpoint, train
+from ibc_geo.engine.checkpoint import load_checkpoint
+
+
+def test_one_run_writes_every_output(tiny_cfg):
+    cfg = tiny_cfg()
+    result = train(cfg)
+    out = cfg.output_dir
+    for name in ("config.yaml", "log.txt", "metrics.json", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert os.path.exists(os.path.join(out, name)), name
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(out))
+    with open(os.path.join(out, "metrics.json")) as f:
+        saved = json.load(f)
+    assert saved == json.loads(json.dumps(result))
+    for key in ("recall@1", "recall@8", "map@r", "r_precision", "precision@1", "nmi"):
+        assert math.isfinite(saved["test"][key]) and 0.0 <= saved["test"][key] <= 1.0
+    assert saved["selection"]["split"] == "val" and len(saved["selection"]["history"]) == 2
+    state = torch.load(os.path.join(out, "checkpoints", "last.pt"), weights_only=True)
+    assert state["epoch"] == 2 and "model" in state and "optimizer" in state
+    # the written config reproduces the run's config
+    assert load_config(os.path.join(out, "config.yaml")) == cfg
+    with open(os.path.join(out, "log.txt")) as f:
+        lines = f.read().splitlines()
+    assert lines[0].startswith("epoch 1/2") and lines[-1].startswith("test")
+
+
+def test_resume_after_a_kill_reaches_the_same_weights(tiny_cfg, monkeypatch):
+    full = tiny_cfg("train.epochs", "3", "train.lr_drop_epochs", "[3]", out="full")
+    train(full)
+
+    killed = tiny_cfg("train.epochs", "3", "train.lr_drop_epochs", "[3]", out="killed")
+    original = trainer_module.Trainer._train_epoch
+
+    def die_in_epoch_2(self, epoch, writer):
+        if epoch == 2:
+            raise KeyboardInterrupt("killed")
+        return original(self, epoch, writer)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", die_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(killed)
+    monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", original)
+    assert load_checkpoint(os.path.join(killed.output_dir, "checkpoints", "last.pt"))["epoch"] == 1
+
+    resumed = tiny_cfg("train.epochs", "3", "train.lr_drop_epochs", "[3]", "train.resume", "true", out="killed")
+    result = train(resumed)
+    a = load_checkpoint(os.path.join(full.output_dir, "checkpoints", "last.pt"))
+    b = load_checkpoint(os.path.join(resumed.output_dir, "checkpoints", "last.pt"))
+    assert a["epoch"] == b["epoch"] == 3
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    with open(os.path.join(full.output_dir, "metrics.json")) as f:
+        assert json.load(f)["test"] == result["test"]
+
+
+def test_nan_loss_stops_with_epoch_iteration_and_term(tiny_cfg, monkeypatch):
+    cfg = tiny_cfg("train.epochs", "3")
+    original = trainer_module.IntraBatchLoss.forward
+
+    def nan_in_epoch_2(self, labels, backbone_logits, mpn_logits=None):
+        terms = original(self, labels, backbone_logits, mpn_logits)
+        if nan_in_epoch_2.calls >= 2:  # two iterations an epoch: the third call is epoch 2, iteration 1
+            terms["mpn"] = terms["mpn"] * float("nan")
+        nan_in_epoch_2.calls += 1
+        return terms
+
+    nan_in_epoch_2.calls = 0
+    monkeypatch.setattr(trainer_module.IntraBatchLoss, "forward", nan_in_epoch_2)
+    last = os.path.join(cfg.output_dir, "checkpoints", "last.pt")
+    with pytest.raises(NonFiniteLossError) as e:
+        train(cfg)
+    message = str(e.value)
+    assert "'mpn'" in message and "epoch 2" in message and "iteration 1" in message
+    assert load_checkpoint(last)["epoch"] == 1  # intact, readable, from the last finished epoch
+
+
+def test_lr_drop_reloads_the_best_checkpoint(tiny_cfg, monkeypatch):
+    cfg = tiny_cfg("train.epochs", "3", "train.lr_drop_epochs", "[3]", "train.lr", "1e-3")
+    scores = iter([0.9, 0.5, 0.7])  # epoch 1 is the best before the drop at epoch 3
+    real_evaluate = trainer_module.evaluate_model
+
+    def scripted(cfg_, model, dataset, device):
+        metrics = real_evaluate(cfg_, model, dataset, device)
+        if dataset.split == "val":
+            metrics["recall@1"] = next(scores)
+        return metrics
+
+    seen = {}
+    original = trainer_module.Trainer._train_epoch
+
+    def spy(self, epoch, writer):
+        if epoch == 3:
+            seen["lr"] = [g["lr"] for g in self.optimizer.param_groups]
+            seen["weights"] = {k: v.clone() for k, v in self.model.state_dict().items()}
+        return original(self, epoch, writer)
+
+    monkeypatch.setattr(trainer_module, "evaluate_model", scripted)
+    monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", spy)
+    result = train(cfg)
+    assert seen["lr"] == pytest.approx([1e-4] * len(seen["lr"]))
+    best = load_checkpoint(os.path.join(cfg.output_dir, "checkpoints", "best.pt"))
+    assert best["epoch"] == 1
+    for key, value in best["model"].items():
+        assert torch.equal(seen["weights"][key], value), key
+    assert result["selection"]["best_epoch"] == 1
+
+
+def test_val_selection_reads_the_test_split_only_at_the_end(tiny_cfg, monkeypatch):
+    calls = []
+    real = trainer_module.build_dataset
+
+    def record(cfg, split, transform=None):
+        calls.append(split)
+        return real(cfg, split, transform)
+
+    monkeypatch.setattr(trainer_module, "build_dataset", record)
+    train(tiny_cfg("train.epochs", "2"))
+    assert calls[0] == "train" and calls[-1] == "test" and calls.count("test") == 1
+    assert set(calls[1:-1]) == {"val"}
+
+
+def test_refuses_a_finished_run_unless_resume_or_overwrite(tiny_cfg):
+    cfg = tiny_cfg("train.epochs", "1")
+    train(cfg)
+    with pytest.raises(RunExistsError, match="train.resume"):
+        train(cfg)
+    result = train(tiny_cfg("train.epochs", "1", "train.overwrite", "true"))
+    assert result["epochs"] == 1
+
+
+def test_resume_with_another_config_lists_the_keys(tiny_cfg):
+    train(tiny_cfg("train.epochs", "1"))
+    with pytest.raises(CheckpointError, match="mpn.num_heads"):
+        train(tiny_cfg("train.epochs", "2", "train.resume", "true", "mpn.num_heads", "4"))
+
+
+def test_evaluate_checkpoint_and_architecture_mismatch(tiny_cfg):
+    cfg = tiny_cfg("train.epochs", "1")
+    result = train(cfg)
+    ckpt = os.path.join(cfg.output_dir, "checkpoints", "best.pt")
+    metrics = evaluate_checkpoint(cfg, ckpt, "test")
+    assert metrics["recall@1"] == pytest.approx(result["test"]["recall@1"])
+    other = tiny_cfg("model.backbone", "resnet34", out="other")
+    with pytest.raises(CheckpointError, match="model.backbone"):
+        evaluate_checkpoint(other, ckpt, "test")
+
+
+@pytest.mark.parametrize("topology", ["none", "knn", "self"])
+def test_other_topologies_train(tiny_cfg, topology):
+    result = train(tiny_cfg("graph.topology", topology, "graph.k", "3", "train.epochs", "1"))
+    assert math.isfinite(result["test"]["recall@1"])
