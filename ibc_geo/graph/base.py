@@ -1,4 +1,4 @@
-"""The base class of batch-graph topologies, and the public builders.
+r"""The base class of batch-graph topologies, and the public builders.
 
 A topology turns one batch (a :class:`~torch_geometric.data.Data` holding the embeddings ``x``
 and, optionally, the labels ``y``) into a graph, in the style of
