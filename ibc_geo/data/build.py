@@ -19,17 +19,17 @@ def dataset_format(cfg) -> DatasetFormat:
     return DATASETS.get(cfg.data.name)(cfg.data.root)
 
 
-def open_set_splits(fmt: DatasetFormat, val_classes: float, seed: int) -> Dict[str, Split]:
-    """``{"train", "test"}`` and, when there is one, ``"val"`` of a format.
+def with_validation(splits: Dict[str, Split], val_classes: float, seed: int, root: str = "") -> Dict[str, Split]:
+    """The splits of ``DatasetFormat.read()`` with ``"val"`` added when there is one.
 
     ``val`` comes from the files when they define one (``imagefolder``'s ``val/``; then
     ``val_classes`` is not used, with a warning if set), else from ``val_classes`` of the training
     classes held out by :func:`~ibc_geo.data.split.hold_out_classes` (the rest stays ``train``).
     """
-    splits = fmt.read()
+    splits = dict(splits)
     if "val" in splits:
         if val_classes > 0:
-            warnings.warn(f"{fmt.root} has its own val/ split; data.val_classes = {val_classes} is not used",
+            warnings.warn(f"{root} has its own val/ split; data.val_classes = {val_classes} is not used",
                           RuntimeWarning)
     elif val_classes > 0:
         splits["train"], splits["val"] = hold_out_classes(splits["train"], val_classes, seed)
@@ -59,7 +59,8 @@ def build_dataset(cfg, split: str, transform: Optional[Callable] = None) -> Retr
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    splits = open_set_splits(dataset_format(cfg), cfg.data.val_classes, cfg.seed)
+    fmt = dataset_format(cfg)
+    splits = with_validation(fmt.read(), cfg.data.val_classes, cfg.seed, fmt.root)
     if split not in splits:
         raise DatasetError(
             f"{cfg.data.name} has no {split!r} split: data.val_classes is 0 "

@@ -22,16 +22,23 @@ def _scalar(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def read_struct(path: str, variable: str, fields: Tuple[str, ...]) -> List[dict]:
-    """The records of the MATLAB struct array ``variable`` in ``path``, keeping ``fields``."""
+def load_mat(path: str) -> dict:
     try:
-        mat = scipy.io.loadmat(path)
+        return scipy.io.loadmat(path)
     except Exception as e:  # scipy raises several types for a broken file
         raise DatasetError(f"cannot read MATLAB file {path}: {e}") from e
+
+
+def _variable(mat: dict, path: str, variable: str) -> np.ndarray:
     if variable not in mat:
         found = sorted(k for k in mat if not k.startswith("__"))
         raise DatasetError(f"{path} has no variable {variable!r} (found: {found})")
-    data = mat[variable]
+    return mat[variable]
+
+
+def read_struct(mat: dict, path: str, variable: str, fields: Tuple[str, ...]) -> List[dict]:
+    """The records of the MATLAB struct array ``variable`` of ``mat`` (loaded from ``path``)."""
+    data = _variable(mat, path, variable)
     names = data.dtype.names or ()
     missing = [f for f in fields if f not in names]
     if missing:
@@ -43,16 +50,12 @@ def read_struct(path: str, variable: str, fields: Tuple[str, ...]) -> List[dict]
         raise DatasetError(f"{path}: malformed struct {variable!r}: {e}") from None
 
 
-def read_cell_strings(path: str, variable: str) -> List[str]:
-    """A MATLAB cell array of strings (e.g. ``class_names``)."""
+def read_cell_strings(mat: dict, path: str, variable: str) -> List[str]:
+    """A MATLAB cell array of strings (e.g. ``class_names``) of ``mat`` (loaded from ``path``)."""
     try:
-        mat = scipy.io.loadmat(path)
-    except Exception as e:
-        raise DatasetError(f"cannot read MATLAB file {path}: {e}") from e
-    if variable not in mat:
-        found = sorted(k for k in mat if not k.startswith("__"))
-        raise DatasetError(f"{path} has no variable {variable!r} (found: {found})")
-    return [str(_scalar(v)) for v in mat[variable].reshape(-1)]
+        return [str(_scalar(v)) for v in _variable(mat, path, variable).reshape(-1)]
+    except ValueError as e:
+        raise DatasetError(f"{path}: malformed cell array {variable!r}: {e}") from None
 
 
 @DATASETS.register("cars")
@@ -99,10 +102,11 @@ class Cars(DatasetFormat):
         return self.probe({"train": split.subset(is_train), "test": split.subset(~is_train)})
 
     def _read_annos(self) -> Tuple[List[str], List[int], int]:
-        mat = self.require_file("cars_annos.mat")
+        path = self.require_file("cars_annos.mat")
         self.require_dir("car_ims")
-        records = read_struct(mat, "annotations", ("relative_im_path", "class"))
-        num_classes = len(read_cell_strings(mat, "class_names"))
+        mat = load_mat(path)
+        records = read_struct(mat, path, "annotations", ("relative_im_path", "class"))
+        num_classes = len(read_cell_strings(mat, path, "class_names"))
         return [self.path(str(r["relative_im_path"])) for r in records], [int(r["class"]) for r in records], num_classes
 
     def _read_devkit(self) -> Tuple[List[str], List[int], int]:
@@ -117,7 +121,7 @@ class Cars(DatasetFormat):
         paths, classes = [], []
         for mat, folder in ((train_mat, "cars_train"), (test_mat, "cars_test")):
             directory = self.require_dir(folder)
-            for r in read_struct(mat, "annotations", ("fname", "class")):
+            for r in read_struct(load_mat(mat), mat, "annotations", ("fname", "class")):
                 paths.append(os.path.join(directory, str(r["fname"])))
                 classes.append(int(r["class"]))
-        return paths, classes, len(read_cell_strings(meta, "class_names"))
+        return paths, classes, len(read_cell_strings(load_mat(meta), meta, "class_names"))
