@@ -107,7 +107,6 @@ class Trainer:
                                            weight_decay=cfg.train.weight_decay)
         use_scaler = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-        self.loader, self.sampler = build_train_loader(cfg, self.train_set)
 
     def _restore(self, state: dict) -> None:
         load_model_state(self.model, state["model"], str(self.ckpt_dir / "last.pt"))
@@ -152,14 +151,15 @@ class Trainer:
     def _train_epoch(self, epoch: int, writer: SummaryWriter) -> dict:
         cfg, model = self.cfg, self.model
         model.train()
-        self.sampler.set_epoch(epoch)
-        iters = len(self.sampler) if cfg.train.iters_per_epoch <= 0 else min(cfg.train.iters_per_epoch,
-                                                                              len(self.sampler))
+        # A loader per epoch: its workers are seeded from (seed, epoch), so a resumed run draws the
+        # same augmentations as an uninterrupted one whatever data.workers is.
+        loader, sampler = build_train_loader(cfg, self.train_set, epoch)
+        iters = len(sampler) if cfg.train.iters_per_epoch <= 0 else min(cfg.train.iters_per_epoch, len(sampler))
         sums: dict = {}
         autocast = (torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext())
         bar = tqdm(total=iters, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False,
                    disable=not progress_enabled())
-        for it, (images, labels, _) in enumerate(self.loader):
+        for it, (images, labels, _) in enumerate(loader):
             if it >= iters:
                 break
             images = images.to(self.device, non_blocking=True)
@@ -255,10 +255,10 @@ class Trainer:
                 if epoch in cfg.train.lr_drop_epochs:
                     self._drop_learning_rate()
                 losses = self._train_epoch(epoch, writer)
+                self.epoch = epoch
                 metrics = None
                 if epoch % cfg.eval.every == 0 or epoch == cfg.train.epochs:
                     metrics = self._evaluate(epoch, writer)
-                self.epoch = epoch
                 self.train_time += time.perf_counter() - start
                 save_checkpoint(self._state(), self.ckpt_dir / "last.pt")
                 self._log_epoch(epoch, losses, metrics)
