@@ -326,3 +326,13 @@ def make_imagefolder(root: str, num_classes: int = 4, images_per_class: Counts =
         for i in range(n):
             write(os.path.join(folder, part, f"class_{c:03d}", f"{i:03d}.jpg"), c, i)
     return folder
+
+
+def fixture_config(name: str, root: str = "", *overrides):
+    """A checked config for dataset ``name`` at ``root``, sized for tests: 16-pixel images,
+    no worker processes, ``eval.selection test`` (override with ``KEY VALUE`` pairs)."""
+    from ibc_geo.config import load_config
+
+    pairs = ["data.name", name, "data.root", str(root), "eval.selection", "test", "data.image_size", "16",
+             "data.workers", "0"]
+    return load_config(None, pairs + [str(o) for o in overrides])

@@ -1,6 +1,7 @@
 """scikit-learn's bundled handwritten digits (no download), upscaled: digits 0-4 train, 5-9 test."""
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Dict
 
 import numpy as np
@@ -13,14 +14,17 @@ from ibc_geo.data.split import Split
 DIGITS_SIZE = 64  # side of the upscaled images (the 8x8 originals are resized bilinearly)
 
 
+@lru_cache(maxsize=2)
 def load_digit_images(size: int = DIGITS_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 (N, size, size), labels) of ``sklearn.datasets.load_digits`` (1,797 images)."""
+    """(images uint8 (N, size, size), labels) of ``sklearn.datasets.load_digits`` (1,797 images; cached, read-only)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     small = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
     big = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in small])
-    return big, digits.target.astype(np.int64)
+    labels = digits.target.astype(np.int64)
+    big.flags.writeable = labels.flags.writeable = False
+    return big, labels
 
 
 @DATASETS.register("digits")
