@@ -26,7 +26,6 @@ and causes a graph break, so compile with a fixed ``attention_path`` for one gra
 ``torch.jit.script`` is deprecated in torch >= 2.10 and PyG's ``jittable()`` is a no-op since
 PyG 2.5; this layer is not scripted (see ``tests/nn/test_attention.py``).
 """
-from __future__ import annotations
 
 import math
 from typing import Optional, Tuple, Union
@@ -75,6 +74,8 @@ class IntraBatchAttention(MessagePassing):
           :math:`((N, d), ((2, E), (E, H)))` when ``return_attention_weights`` is ``True``
     """
 
+    _alpha: Optional[Tensor]  # coefficients of the last sparse call, read back by forward
+
     #: Lowest edge density :math:`E / N^2` at which ``"auto"`` takes masked SDPA over the sparse
     #: path (full graphs always go dense). Measured on CPU by ``benchmarks/mpn.py``.
     DENSE_MIN_DENSITY: float = 0.02
@@ -99,7 +100,10 @@ class IntraBatchAttention(MessagePassing):
         self.lin_key = torch.nn.Linear(channels, channels)
         self.lin_value = torch.nn.Linear(channels, channels)
         self.lin_out = torch.nn.Linear(channels, channels)
-        self._alpha: Optional[Tensor] = None
+        # Instance copies of the class-level tuning constants (TorchScript reads only these).
+        self.dense_min_density = float(self.DENSE_MIN_DENSITY)
+        self.dense_max_nodes = int(self.DENSE_MAX_NODES)
+        self._alpha = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -120,15 +124,15 @@ class IntraBatchAttention(MessagePassing):
             return False, None
         N, E = num_nodes, edge_index.size(1)
         if path == "auto":
-            if N == 0 or E == 0 or N > self.DENSE_MAX_NODES:
+            if N == 0 or E == 0 or N > self.dense_max_nodes:
                 return False, None
-            if E != N * N and E < self.DENSE_MIN_DENSITY * N * N:
+            if E != N * N and E < self.dense_min_density * N * N:
                 return False, None
-        with torch.no_grad():
-            flat = edge_index[1] * N + edge_index[0]
-            mask = torch.zeros(N * N, dtype=torch.bool, device=edge_index.device)
-            mask[flat] = True
-            distinct = int(mask.sum())
+        # Integer / boolean work only: nothing here enters autograd.
+        flat = edge_index[1] * N + edge_index[0]
+        mask = torch.zeros(N * N, dtype=torch.bool, device=edge_index.device)
+        mask[flat] = True
+        distinct = int(mask.sum())
         if distinct != E:
             if path == "dense":
                 raise ValueError(
@@ -156,7 +160,7 @@ class IntraBatchAttention(MessagePassing):
         query = self.lin_query(x).view(N, H, C)
         key = self.lin_key(x).view(N, H, C)
         value = self.lin_value(x).view(N, H, C)
-        need_alpha = bool(return_attention_weights)
+        need_alpha = return_attention_weights is not None and bool(return_attention_weights)
 
         use_dense, mask = self.dense_plan(edge_index, N)
         if use_dense:
@@ -167,14 +171,17 @@ class IntraBatchAttention(MessagePassing):
             self._alpha = None
         out = self.lin_out(out.reshape(N, self.channels))
         if need_alpha:
+            assert alpha is not None
             return out, (edge_index, alpha)
         return out
 
     def _dense(self, query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor],
                edge_index: Tensor, need_alpha: bool) -> Tuple[Tensor, Optional[Tensor]]:
         N = query.size(0)
-        q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (query, key, value))  # (1, H, N, C)
-        isolated = None
+        q = query.transpose(0, 1).unsqueeze(0)  # (1, H, N, C)
+        k = key.transpose(0, 1).unsqueeze(0)
+        v = value.transpose(0, 1).unsqueeze(0)
+        isolated: Optional[Tensor] = None
         if mask is not None:
             has_in = mask.any(dim=1)
             if not bool(has_in.all()):
@@ -182,7 +189,7 @@ class IntraBatchAttention(MessagePassing):
                 isolated = ~has_in
                 mask = mask | torch.diag_embed(isolated)
         p = self.dropout if self.training else 0.0
-        alpha = None
+        alpha: Optional[Tensor] = None
         if not need_alpha:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         else:

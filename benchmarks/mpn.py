@@ -1,0 +1,176 @@
+"""Forward + backward time and peak memory of one MPN attention layer: dense vs sparse vs PyG.
+
+One attention layer (d = 512, H = 8, training mode, attention dropout 0.1 as in training) on a
+batch graph of B nodes, for the full graph and the kNN graph (k = 10):
+
+* ``dense``: :class:`ibc_geo.nn.IntraBatchAttention` with ``attention_path="dense"`` (SDPA,
+  boolean-masked on kNN);
+* ``sparse``: the same module with ``attention_path="sparse"`` (edge-wise MessagePassing);
+* ``auto``: the same module with ``attention_path="auto"`` (what training uses);
+* ``pyg``: PyG's :class:`~torch_geometric.nn.TransformerConv` (out 64 x 8 heads,
+  ``root_weight=False``) on the same graph, as an outside reference.
+
+Every configuration runs in its own child process so that its peak RSS
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is its own. A configuration whose estimated
+memory exceeds ``--max-gb`` is skipped and marked so in the table. Times are of one forward +
+backward (inputs and parameters receive gradients), the best of at least 3 repetitions after two
+warm-ups (the minimum is the statistic least disturbed by other load on a shared machine).
+
+    python benchmarks/mpn.py            # full sweep, B in 64 .. 4096
+    python benchmarks/mpn.py --quick    # B in 64, 128, 512
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+D, H, K = 512, 8, 10
+METHODS = ("dense", "sparse", "auto", "pyg")
+GRAPHS = ("full", "knn")
+
+
+def num_edges(graph: str, B: int) -> int:
+    return B * B if graph == "full" else B * K
+
+
+def auto_is_dense(graph: str, B: int) -> bool:
+    from ibc_geo.nn import IntraBatchAttention as A
+
+    E = num_edges(graph, B)
+    return B <= A.DENSE_MAX_NODES and (E == B * B or E >= A.DENSE_MIN_DENSITY * B * B)
+
+
+def estimate_gb(method: str, graph: str, B: int) -> float:
+    """Rough peak: edge-wise methods hold ~8 (E, d) float tensors, dense ~6 (H, B, B) ones."""
+    base = 0.6
+    if method in ("sparse", "pyg") or (method == "auto" and not auto_is_dense(graph, B)):
+        return base + 8 * num_edges(graph, B) * D * 4 / 1e9
+    return base + 6 * H * B * B * 4 / 1e9
+
+
+def child(method: str, graph: str, B: int, min_time: float) -> dict:
+    import resource
+
+    import torch
+    from torch_geometric.data import Data
+    from torch_geometric.nn import TransformerConv
+
+    from ibc_geo.graph import build_topology
+    from ibc_geo.nn import IntraBatchAttention
+
+    torch.manual_seed(0)
+    x0 = torch.randn(B, D)
+    topo = build_topology("full") if graph == "full" else build_topology("knn", k=K)
+    edge_index = topo(Data(x=x0)).edge_index
+    if method == "pyg":
+        layer = TransformerConv(D, D // H, heads=H, dropout=0.1, root_weight=False)
+    else:
+        layer = IntraBatchAttention(D, H, dropout=0.1, attention_path=method)
+    layer.train()
+    x = x0.clone().requires_grad_(True)
+
+    def step() -> None:
+        out = layer(x, edge_index)
+        out.square().mean().backward()
+        x.grad = None
+        layer.zero_grad(set_to_none=True)
+
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    step()  # warm-up: first calls allocate and pick kernels
+    step()
+    times = []
+    start = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < 30):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    used_dense = bool(layer.dense_plan(edge_index, B)[0]) if method != "pyg" else False
+    return {
+        "ms": 1e3 * min(times),  # best of: the machine is shared, min is the least noisy
+        "reps": len(times),
+        "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "setup_gb": rss_before,
+        "dense": used_dense,
+    }
+
+
+def run_child(method: str, graph: str, B: int, min_time: float) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", method, graph, str(B),
+           "--min-time", str(min_time)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        return {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"rc {res.returncode}"}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def fmt_ms(r: dict) -> str:
+    if "skipped" in r:
+        return f"skipped (~{r['skipped']:.0f} GB)"
+    if "error" in r:
+        return "error"
+    return f"{r['ms']:.1f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="B in 64, 128, 512 only")
+    p.add_argument("--sizes", type=int, nargs="*", help="batch sizes (overrides --quick)")
+    p.add_argument("--max-gb", type=float, default=12.0,
+                   help="skip configurations estimated above this many GB (default: 12)")
+    p.add_argument("--min-time", type=float, default=1.5, help="seconds of timed repetitions per configuration")
+    p.add_argument("--json", help="also write the raw results to this file")
+    p.add_argument("--child", nargs=3, metavar=("METHOD", "GRAPH", "B"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.child:
+        method, graph, B = args.child
+        print(json.dumps(child(method, graph, int(B), args.min_time)))
+        return
+
+    sizes = args.sizes or ([64, 128, 512] if args.quick else [64, 128, 512, 1024, 2048, 4096])
+    import torch
+
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, d={D}, H={H}, kNN k={K}, "
+          f"train mode, attention dropout 0.1; forward+backward best-of ms; peak RSS GB of the child")
+    results = {}
+    for graph in GRAPHS:
+        for B in sizes:
+            for method in METHODS:
+                est = estimate_gb(method, graph, B)
+                if est > args.max_gb:
+                    r = {"skipped": est}
+                else:
+                    r = run_child(method, graph, B, args.min_time)
+                results[f"{graph}/{B}/{method}"] = r
+                print(f"  {graph:4s} B={B:5d} {method:6s} {json.dumps(r)}", file=sys.stderr, flush=True)
+
+    print()
+    print("| graph | B | E | dense ms | sparse ms | PyG TransformerConv ms | auto ms (path) "
+          "| sparse / dense | PyG / dense | auto / best | peak GB dense | peak GB sparse | peak GB PyG | peak GB auto |")
+    print("|" + "---|" * 14)
+    for graph in GRAPHS:
+        for B in sizes:
+            r = {m: results[f"{graph}/{B}/{m}"] for m in METHODS}
+            ok = {m: v["ms"] for m, v in r.items() if "ms" in v}
+
+            def ratio(a: str, b: str) -> str:
+                return f"{ok[a] / ok[b]:.1f}x" if a in ok and b in ok else "-"
+
+            best = min((ok[m] for m in ("dense", "sparse") if m in ok), default=None)
+            auto_best = f"{ok['auto'] / best:.2f}" if "auto" in ok and best else "-"
+            path = ("dense" if r["auto"].get("dense") else "sparse") if "ms" in r["auto"] else ""
+            peak = [f"{v['peak_gb']:.2f}" if "peak_gb" in v else "-" for v in (r[m] for m in ("dense", "sparse", "pyg", "auto"))]
+            print(f"| {graph} | {B} | {num_edges(graph, B)} | {fmt_ms(r['dense'])} | {fmt_ms(r['sparse'])} | "
+                  f"{fmt_ms(r['pyg'])} | {fmt_ms(r['auto'])} ({path}) | {ratio('sparse', 'dense')} | "
+                  f"{ratio('pyg', 'dense')} | {auto_best} | " + " | ".join(peak) + " |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
