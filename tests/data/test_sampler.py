@@ -1,0 +1,112 @@
+"""PKSampler: exact P x K batches, top-up, determinism, coverage, ranks; the train/eval loaders."""
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from ibc_geo.data import PKSampler, build_dataset, build_eval_loader, build_train_loader, fixtures
+
+# 12 classes with 1..14 images: some below K, one far above (needs many batches).
+SIZES = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 30]
+LABELS = np.repeat(np.arange(len(SIZES)) * 10 + 3, SIZES)  # arbitrary label values
+P, K = 4, 3
+
+
+def check_batches(sampler, labels):
+    for batch in sampler:
+        assert len(batch) == P * K
+        counts = Counter(labels[batch].tolist())
+        assert len(counts) == P and set(counts.values()) == {K}
+        for c in counts:  # top-up only repeats when the class is smaller than K
+            members = [i for i in batch if labels[i] == c]
+            if (labels == c).sum() >= K:
+                assert len(set(members)) == K
+
+
+def test_batches_exact_and_cover_every_image():
+    sampler = PKSampler(LABELS, P, K, seed=3)
+    for epoch in range(5):
+        sampler.set_epoch(epoch)
+        check_batches(sampler, LABELS)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        seen = {i for b in batches for i in b}
+        assert seen == set(range(len(LABELS)))
+
+
+def test_epoch_length_rule():
+    sampler = PKSampler(LABELS, P, K)
+    chunks = [math.ceil(n / K) for n in SIZES]
+    assert len(sampler) == max(math.ceil(sum(chunks) / P), max(chunks)) == 10
+    balanced = PKSampler(np.repeat(np.arange(10), 6), 5, 3)
+    assert len(balanced) == 60 // 15
+
+
+def test_deterministic_in_seed_and_epoch():
+    a, b = PKSampler(LABELS, P, K, seed=1), PKSampler(LABELS, P, K, seed=1)
+    assert list(a) == list(b)
+    a.set_epoch(1)
+    assert list(a) != list(b)
+    b.set_epoch(1)
+    assert list(a) == list(b)
+    assert list(PKSampler(LABELS, P, K, seed=2)) != list(PKSampler(LABELS, P, K, seed=1))
+
+
+def test_small_class_topped_up():
+    labels = np.array([0] * 1 + [1] * 2 + [2] * 8)
+    sampler = PKSampler(labels, 2, 4, seed=0)
+    batches = list(sampler)
+    single = [b for b in batches if 0 in b]
+    assert single and all(b.count(0) == 4 for b in single)
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_get_disjoint_batches(world_size):
+    samplers = [PKSampler(LABELS, P, K, seed=5, rank=r, world_size=world_size) for r in range(world_size)]
+    for s in samplers:
+        s.set_epoch(2)
+    per_rank = [list(s) for s in samplers]
+    assert all(len(b) == len(samplers[0]) == math.ceil(10 / world_size) for b in per_rank)
+    flat = [tuple(b) for batches in per_rank for b in batches]
+    assert len(set(flat)) == len(flat)
+    assert {i for b in flat for i in b} == set(range(len(LABELS)))
+    single = PKSampler(LABELS, P, K, seed=5)
+    single.set_epoch(2)
+    assert {tuple(b) for b in single} <= set(flat)
+
+
+def test_too_few_classes():
+    with pytest.raises(ValueError, match="at least sampler.classes_per_batch = 4 classes; the dataset has 3"):
+        PKSampler([0, 1, 2], 4, 2)
+
+
+def test_large_dataset_fast():
+    labels = np.repeat(np.arange(11318), fixtures.sop_full_counts()[:11318])
+    sampler = PKSampler(labels, 15, 6)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) and {i for b in batches for i in b} == set(range(len(labels)))
+
+
+def test_train_and_eval_loaders(tmp_path):
+    root = fixtures.make_cub(str(tmp_path), num_classes=8, images_per_class=5)
+    cfg = fixtures.fixture_config("cub", root, "sampler.classes_per_batch", 2, "sampler.samples_per_class", 3,
+                                  "data.workers", 2, "eval.batch_size", 7, "seed", 4)
+    train = build_dataset(cfg, "train")
+
+    def epoch_data(epoch):
+        loader, sampler = build_train_loader(cfg, train, epoch=epoch)
+        assert sampler.epoch == epoch and loader.num_workers == 2
+        return [(x, y, i) for x, y, i in loader]
+
+    first, again = epoch_data(1), epoch_data(1)
+    assert len(first) == 4 and first[0][0].shape == (6, 3, 16, 16)
+    for (x1, y1, i1), (x2, y2, i2) in zip(first, again):
+        assert torch.equal(i1, i2) and torch.equal(y1, y2) and torch.equal(x1, x2)  # augmentation too
+    assert any(not torch.equal(a[2], b[2]) for a, b in zip(first, epoch_data(2)))
+
+    test = build_dataset(cfg, "test")
+    batches = list(build_eval_loader(cfg, test))
+    assert [len(b[1]) for b in batches] == [7, 7, 6]
+    assert torch.cat([b[2] for b in batches]).tolist() == list(range(20))
