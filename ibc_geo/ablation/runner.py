@@ -1,0 +1,295 @@
+"""Run an ablation: one training per grid point and seed, then one table.
+
+Every run goes through the code path of ``tools/train.py``: its config is built by
+:func:`ibc_geo.config.load_config` from the base config file, the user's ``KEY VALUE`` overrides,
+the point's values, and ``seed`` / ``output_dir`` (later ones win), checked, then handed to
+:func:`ibc_geo.engine.train`. All configs are built and checked before the first training, so an
+invalid point (e.g. ``graph.k`` not below the batch size) stops the ablation before it starts.
+
+Run folders are ``<output_dir>/<point>/seed=<seed>``; a run's state is read from its folder:
+
+========  ======================================  ==========================================
+status    folder holds                            what the runner does
+========  ======================================  ==========================================
+done      ``metrics.json``                        nothing (its metrics go into the table)
+resume    ``checkpoints/last.pt``, no metrics     trains with ``train.resume true``
+restart   other files, no checkpoint              trains with ``train.overwrite true``
+new       nothing                                 trains
+========  ======================================  ==========================================
+
+A ``done`` or ``resume`` folder whose ``config.yaml`` differs from the config the command builds
+now (other than ``output_dir``, ``train.resume``, ``train.overwrite``) is an error: mixing runs of
+two configs into one table would be silently wrong. Runs go seed by seed (all points with the first
+seed, then the next seed), so an interrupted ablation already covers every point once.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from omegaconf import DictConfig
+
+from ibc_geo.ablation.grid import (
+    RESERVED_KEYS,
+    Grid,
+    GridError,
+    GridPoint,
+    check_point_effect,
+    check_seeds,
+    load_grid,
+)
+from ibc_geo.config import ConfigError, config_to_dict, load_config, parse_overrides
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+CHECKPOINT_FILE = os.path.join("checkpoints", "last.pt")
+CONFIG_FILE = "config.yaml"
+# Keys that may differ between a run folder's saved config and the config built now.
+NOT_COMPARED = ("output_dir", "train.resume", "train.overwrite")
+# Extra overrides per run status.
+STATUS_OVERRIDES = {"new": [], "restart": ["train.overwrite", "true"], "resume": ["train.resume", "true"]}
+
+
+class AblationError(RuntimeError):
+    """A run folder the runner cannot use as is (changed config, unreadable metrics)."""
+
+    exit_code = 1
+
+
+@dataclass
+class Run:
+    """One training of an ablation: a grid point with a seed."""
+
+    point: GridPoint
+    seed: int
+    run_dir: str
+    overrides: list  # KEY VALUE list (after the user's) that builds this run's config
+    cfg: DictConfig  # the checked config (without the status' resume / overwrite flags)
+    status: str  # done | resume | restart | new
+
+    @property
+    def name(self) -> str:
+        return f"{self.point.name}/seed={self.seed}"
+
+
+@dataclass
+class AblationPlan:
+    """Everything one ablation command will do, built and checked before any training."""
+
+    grid: Grid
+    points: list
+    seeds: list
+    runs: list
+    output_dir: str
+    cfg_file: str | None
+    overrides: list
+    grid_file: str | None = None
+    seeds_given: bool = False  # whether --seeds overrode the grid's / config's seeds
+
+    def command(self) -> str:
+        """The ``tools/ablate.py`` command line that reproduces this plan."""
+        words = ["python", "tools/ablate.py"]
+        if self.cfg_file is not None:
+            words += ["--cfg", self.cfg_file]
+        words += ["--grid", self.grid_file or "GRID.yaml"]
+        if self.seeds_given:
+            words += ["--seeds"] + [str(s) for s in self.seeds]
+        words += self.overrides
+        return " ".join(shlex.quote(str(w)) for w in words)
+
+    def counts(self) -> dict:
+        counts = {status: 0 for status in ("done", "resume", "restart", "new")}
+        for run in self.runs:
+            counts[run.status] += 1
+        return counts
+
+
+@dataclass
+class AblationResult:
+    plan: AblationPlan
+    summaries: list = field(default_factory=list)  # PointSummary, best first; empty on a dry run
+    files: dict = field(default_factory=dict)  # "csv" / "md" / "hparams" -> path
+    trained: list = field(default_factory=list)  # names of the runs trained by this call
+
+
+def run_status(run_dir: str) -> str:
+    """done | resume | restart | new, from what ``run_dir`` holds (see the module docstring)."""
+    if os.path.isfile(os.path.join(run_dir, METRICS_FILE)):
+        return "done"
+    if os.path.isfile(os.path.join(run_dir, CHECKPOINT_FILE)):
+        return "resume"
+    if os.path.isdir(run_dir) and os.listdir(run_dir):
+        return "restart"
+    return "new"
+
+
+def _flatten(data, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_drift(run: Run) -> list[str]:
+    """``key: saved -> now`` for each key where the run folder's config.yaml differs from ``run.cfg``."""
+    path = os.path.join(run.run_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        return []
+    try:
+        saved = load_config(path, check=False)
+    except ConfigError as e:
+        return [f"its {CONFIG_FILE} no longer loads ({e})"]
+    old, new = _flatten(config_to_dict(saved)), _flatten(config_to_dict(run.cfg))
+    return [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if key not in NOT_COMPARED and old.get(key) != new.get(key)
+    ]
+
+
+def _override_keys(overrides: Sequence[str]) -> list[str]:
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                yield from walk(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    return list(walk(parse_overrides(list(overrides)), ""))
+
+
+def plan_ablation(
+    cfg_file: str | None,
+    grid: str | os.PathLike | Grid,
+    seeds: Sequence[int] | None = None,
+    overrides: Sequence[str] = (),
+) -> AblationPlan:
+    """Build and check every run's config and read each run folder's state; trains nothing.
+
+    Raises :class:`~ibc_geo.ablation.grid.GridError` (a ``ConfigError``) for an invalid grid or
+    point, listing every invalid point, and :class:`AblationError` for run folders whose saved
+    config differs from the one built now.
+    """
+    grid_file = None
+    if not isinstance(grid, Grid):
+        grid_file = os.fspath(grid)
+        grid = load_grid(grid_file)
+    overrides = [str(w) for w in overrides]
+    base = load_config(cfg_file, overrides, check=False)  # unknown keys and bad types fail here
+    for key in _override_keys(overrides):
+        if key in grid.values:
+            raise GridError(
+                f"override {key!r} on the command line is varied by {grid.source}; "
+                f"the grid would overwrite it at every point: drop one of the two"
+            )
+        if key == "seed" or key in ("train.resume", "train.overwrite"):
+            raise GridError(f"override {key!r} on the command line is set per run: {RESERVED_KEYS[key]}")
+    if seeds is not None:
+        seeds, seeds_given = check_seeds(seeds), True
+    else:
+        seeds, seeds_given = (grid.seeds or [int(base.seed)]), False
+    root = base.output_dir
+    points = grid.points()
+
+    runs, invalid = [], {}
+    for seed in seeds:
+        for point in points:
+            run_dir = os.path.join(root, point.name, f"seed={seed}")
+            run_overrides = point.overrides() + ["seed", str(seed), "output_dir", json.dumps(run_dir)]
+            try:
+                cfg = load_config(cfg_file, overrides + run_overrides)
+                check_point_effect(grid, point, cfg)
+            except ConfigError as e:
+                invalid.setdefault(point.name, f"{e}")
+                continue
+            runs.append(Run(point, seed, run_dir, run_overrides, cfg, run_status(run_dir)))
+    if invalid:
+        lines = "\n".join(f"  - {name}: {msg}" for name, msg in invalid.items())
+        raise GridError(
+            f"{len(invalid)} of {len(points)} points of {grid.source} (base config "
+            f"{cfg_file or 'defaults'}) are invalid; nothing was trained:\n{lines}"
+        )
+
+    drifted = []
+    for run in runs:
+        if run.status in ("done", "resume"):
+            drift = config_drift(run)
+            if drift:
+                drifted.append(f"  - {run.run_dir} ({run.status}): " + "; ".join(drift[:5])
+                               + (f"; and {len(drift) - 5} more" if len(drift) > 5 else ""))
+    if drifted:
+        raise AblationError(
+            "run folders hold runs of a different config than this command builds (saved -> now); "
+            "delete those folders or choose another output_dir:\n" + "\n".join(drifted)
+        )
+    return AblationPlan(grid=grid, points=points, seeds=list(seeds), runs=runs, output_dir=root,
+                        cfg_file=cfg_file, overrides=overrides, grid_file=grid_file, seeds_given=seeds_given)
+
+
+def format_plan(plan: AblationPlan) -> str:
+    """The runs of ``plan`` with their state and overrides, for ``--dry-run``."""
+    counts = plan.counts()
+    lines = [
+        f"{plan.command()}",
+        f"{len(plan.points)} points x {len(plan.seeds)} seeds = {len(plan.runs)} runs in {plan.output_dir}",
+    ]
+    width = max(len(run.name) for run in plan.runs)
+    for run in plan.runs:
+        point = " ".join(run.point.overrides()) or "(base config)"
+        lines.append(f"  {run.status:<8} {run.name:<{width}}  {point}")
+    lines.append(
+        f"{counts['done']} done, {counts['resume']} to resume, {counts['restart']} to restart "
+        f"(no checkpoint yet), {counts['new']} to start"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def run_ablation(
+    cfg_file: str | None,
+    grid: str | os.PathLike | Grid,
+    seeds: Sequence[int] | None = None,
+    overrides: Sequence[str] = (),
+    dry_run: bool = False,
+    train_fn: Callable[[DictConfig], dict] | None = None,
+) -> AblationResult:
+    """Plan, train every unfinished run with ``train_fn`` (default :func:`ibc_geo.engine.train`),
+    then write ``results.csv``, ``results.md`` and TensorBoard hparams into the output folder.
+
+    ``train_fn(cfg)`` must train in ``cfg.output_dir`` and leave ``metrics.json`` there.
+    With ``dry_run`` nothing is trained or written.
+    """
+    from ibc_geo.ablation.report import summarize, write_reports
+
+    plan = plan_ablation(cfg_file, grid, seeds, overrides)
+    result = AblationResult(plan=plan)
+    if dry_run:
+        return result
+    if train_fn is None:
+        from ibc_geo.engine import train as train_fn
+    todo = [run for run in plan.runs if run.status != "done"]
+    logger.info("ablation %s: %d runs, %d already done, %d to train", plan.grid.source,
+                len(plan.runs), len(plan.runs) - len(todo), len(todo))
+    for i, run in enumerate(todo, 1):
+        cfg = load_config(plan.cfg_file, plan.overrides + run.overrides + STATUS_OVERRIDES[run.status])
+        logger.info("[%d/%d] %s %s", i, len(todo), "resuming" if run.status == "resume" else "training", run.name)
+        start = time.perf_counter()
+        train_fn(cfg)
+        if not os.path.isfile(os.path.join(run.run_dir, METRICS_FILE)):
+            raise AblationError(
+                f"training of {run.name} returned without writing {os.path.join(run.run_dir, METRICS_FILE)}"
+            )
+        run.status = "done"
+        result.trained.append(run.name)
+        logger.info("[%d/%d] %s done in %.1f s", i, len(todo), run.name, time.perf_counter() - start)
+    result.summaries = summarize(plan)
+    result.files = write_reports(plan, result.summaries)
+    return result
