@@ -7,8 +7,10 @@ from typing import Callable
 
 
 def setup_logging(level: int = logging.INFO) -> None:
+    """Logs go to stderr, so that stdout stays clean for ``--print-config`` and tables."""
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stdout)
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports CPU features at INFO
 
 
 def user_errors() -> dict:
