@@ -1,0 +1,33 @@
+"""Evaluation: exact retrieval metrics (Recall@K, MAP@R, R-precision, precision@1), NMI, embeddings.
+
+Pure functions over embeddings and labels: no writers, no config reads (METHOD.md §2, §3).
+"""
+from ibc_geo.evaluation.extract import extract_embeddings
+from ibc_geo.evaluation.knn import iter_knn, knn_search, l2_normalize
+from ibc_geo.evaluation.metrics import (
+    average_precision_at_r,
+    evaluate_embeddings,
+    first_match_rank,
+    format_table,
+    kmeans_assign,
+    map_at_r,
+    nmi_score,
+    r_precision,
+    recall_at_k,
+)
+
+__all__ = [
+    "average_precision_at_r",
+    "evaluate_embeddings",
+    "extract_embeddings",
+    "first_match_rank",
+    "format_table",
+    "iter_knn",
+    "kmeans_assign",
+    "knn_search",
+    "l2_normalize",
+    "map_at_r",
+    "nmi_score",
+    "r_precision",
+    "recall_at_k",
+]

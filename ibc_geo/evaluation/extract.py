@@ -1,0 +1,67 @@
+"""Embeddings of a whole split: the backbone only (``model.embed``), L2-normalised (METHOD.md §2)."""
+from __future__ import annotations
+
+import sys
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+__all__ = ["extract_embeddings"]
+
+_AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _amp_dtype(amp_dtype) -> Optional[torch.dtype]:
+    if amp_dtype is None or isinstance(amp_dtype, torch.dtype):
+        return amp_dtype
+    if amp_dtype not in _AMP_DTYPES:
+        raise ValueError(f"amp_dtype must be one of {sorted(_AMP_DTYPES)} or a torch.dtype, got {amp_dtype!r}")
+    return _AMP_DTYPES[amp_dtype]
+
+
+def extract_embeddings(model: torch.nn.Module, loader, device: Union[str, torch.device],
+                       amp_dtype: Union[None, str, torch.dtype] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Run ``model.embed`` over ``loader`` in eval mode without gradients.
+
+    Args:
+        model: a module with ``embed(images) -> [B, D]`` (the backbone embedding f_i).
+        loader: yields ``(images, labels, indices)``; ``indices`` are dataset indices.
+        device: where the images go (the model is expected to be there already).
+        amp_dtype: autocast dtype (``"bfloat16"``, ``"float16"`` or a torch dtype); None = off.
+
+    Returns:
+        ``(embeddings float32 [N, D] L2-normalised, labels int64 [N])`` in increasing dataset
+        index order. The model's train/eval mode is restored afterwards.
+    """
+    device = torch.device(device)
+    dtype = _amp_dtype(amp_dtype)
+    was_training = model.training
+    feats, labs, idxs = [], [], []
+    model.eval()
+    try:
+        with torch.no_grad():
+            for images, labels, indices in tqdm(loader, desc="embeddings", unit="batch", leave=False,
+                                                disable=not sys.stderr.isatty()):
+                images = images.to(device, non_blocking=True)
+                with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+                    emb = model.embed(images)
+                feats.append(F.normalize(emb.float(), dim=1).cpu())
+                labs.append(torch.as_tensor(labels).reshape(-1).cpu())
+                idxs.append(torch.as_tensor(indices).reshape(-1).cpu())
+    finally:
+        model.train(was_training)
+    if not feats:
+        raise ValueError("the loader yielded no batches")
+    emb = torch.cat(feats).numpy().astype(np.float32, copy=False)
+    labels = torch.cat(labs).numpy().astype(np.int64)
+    indices = torch.cat(idxs).numpy().astype(np.int64)
+    if not emb.shape[0] == labels.shape[0] == indices.shape[0]:
+        raise ValueError(f"the loader gave {emb.shape[0]} embeddings, {labels.shape[0]} labels "
+                         f"and {indices.shape[0]} indices")
+    order = np.argsort(indices, kind="stable")
+    if np.any(np.diff(indices[order]) == 0):
+        raise ValueError("the loader yielded some dataset index twice; evaluation needs each item once")
+    return np.ascontiguousarray(emb[order]), labels[order]
