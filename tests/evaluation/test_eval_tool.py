@@ -1,0 +1,84 @@
+"""tools/eval.py on saved embeddings (no model): table, JSON, defaults, In-Shop mask, errors."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ibc_geo.evaluation import evaluate_embeddings
+from ibc_geo.evaluation.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def saved(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 12, 150)
+    emb = (rng.standard_normal((150, 8)) + 2 * rng.standard_normal((12, 8))[labels]).astype(np.float32)
+    np.save(tmp_path / "E.npy", emb)
+    np.save(tmp_path / "L.npy", labels)
+    return tmp_path, emb, labels
+
+
+def test_embeddings_mode_writes_metrics_beside_them(saved, capsys):
+    tmp, emb, labels = saved
+    assert main(["--embeddings", str(tmp / "E.npy"), "--labels", str(tmp / "L.npy"), "--recall-k", "1", "5"]) == 0
+    record = json.loads((tmp / "metrics.json").read_text())
+    want = evaluate_embeddings(emb, labels, recall_k=(1, 5), nmi=True, kmeans_iters=20, seed=0)
+    for key, value in want.items():
+        assert record[key] == pytest.approx(value, abs=1e-12), key
+    assert record["num_items"] == 150 and record["num_classes"] == 12
+    assert "dataset" in record and "split" in record
+    out = capsys.readouterr().out
+    assert f"{100 * want['recall@5']:.2f}" in out and "map@r" in out and "metrics.json" in out
+
+
+def test_query_mask_and_out_path(saved):
+    tmp, emb, labels = saved
+    mask = np.arange(150) % 3 == 0
+    np.save(tmp / "Q.npy", mask)
+    out = tmp / "sub" / "m.json"
+    assert main(["--embeddings", str(tmp / "E.npy"), "--labels", str(tmp / "L.npy"),
+                 "--query-mask", str(tmp / "Q.npy"), "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    want = evaluate_embeddings(emb, labels, recall_k=(1, 2, 4, 8), query_mask=mask, nmi=True)
+    assert record["num_queries"] == 50
+    for key in ("recall@1", "recall@8", "map@r", "r_precision", "precision@1", "nmi"):
+        assert record[key] == pytest.approx(want[key], abs=1e-12), key
+
+
+@pytest.mark.parametrize("missing", ["E.npy", "L.npy", "Q.npy"])
+def test_missing_file_exits_2_naming_it(saved, capsys, missing):
+    tmp, _, _ = saved
+    np.save(tmp / "Q.npy", np.ones(150, bool))
+    paths = {name: str(tmp / name) for name in ("E.npy", "L.npy", "Q.npy")}
+    paths[missing] = str(tmp / "nowhere" / missing)
+    code = main(["--embeddings", paths["E.npy"], "--labels", paths["L.npy"], "--query-mask", paths["Q.npy"]])
+    assert code == 2
+    assert paths[missing] in capsys.readouterr().err
+
+
+def test_mismatched_lengths_and_missing_labels(saved, capsys):
+    tmp, _, labels = saved
+    np.save(tmp / "L2.npy", labels[:10])
+    assert main(["--embeddings", str(tmp / "E.npy"), "--labels", str(tmp / "L2.npy")]) == 2
+    assert main(["--embeddings", str(tmp / "E.npy")]) == 2
+    assert "--labels" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:  # either the config check or the missing file stops it
+        sys.exit(main(["--ckpt", str(tmp_path / "none.pt")]))
+    assert e.value.code == 2
+
+
+def test_tools_entry_point(saved):
+    tmp, _, _ = saved
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "eval.py"), "--embeddings", str(tmp / "E.npy"),
+                           "--labels", str(tmp / "L.npy"), "--recall-k", "1", "--out", str(tmp / "x.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "recall@1" in proc.stdout and json.loads((tmp / "x.json").read_text())["recall@1"] >= 0
