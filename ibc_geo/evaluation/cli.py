@@ -91,8 +91,6 @@ def _evaluate_saved(args, cfg, explicit_cfg: bool) -> tuple[dict, str, Optional[
 
 
 def _evaluate_checkpoint(args, cfg) -> tuple[dict, str, Optional[str]]:
-    if not os.path.isfile(args.ckpt):
-        raise _InputError(f"checkpoint file not found: {args.ckpt}")
     from ibc_geo.engine import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(cfg, args.ckpt, args.split or "test")
@@ -102,6 +100,9 @@ def _evaluate_checkpoint(args, cfg) -> tuple[dict, str, Optional[str]]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.ckpt and not os.path.isfile(args.ckpt):
+        print(f"error: checkpoint file not found: {args.ckpt}", file=sys.stderr)
+        return EXIT_USAGE
     explicit_cfg = bool(args.cfg or args.overrides or args.print_config)
     # Saved embeddings need no dataset: without --cfg or overrides the schema defaults serve
     # (eval.recall_k, eval.nmi, ...), unchecked since no dataset is read.
