@@ -1,0 +1,332 @@
+"""Benchmark of ``ibc_geo.evaluation.evaluate_embeddings`` at full benchmark scale (issue 5).
+
+    pip install -e ".[bench]"      # pytorch-metric-learning and psutil, for this script only
+    python benchmarks/eval.py [--quick] [--out benchmarks/RESULTS_eval.md]
+
+Synthetic L2-normalised 512-d embeddings with the shapes of the test splits:
+
+* SOP-shaped: 60,502 items in 11,316 classes of 2 to 12 items (Stanford Online Products' test
+  split has exactly these counts and bounds; its per-class histogram is not available offline,
+  so sizes are drawn with SOP's mean, 5.35, and one class of each extreme size).
+* CUB-shaped: 5,924 items, 100 classes (41-60 each). Cars-shaped: 8,131 items, 98 classes.
+
+Each method runs in its own subprocess, so its peak resident memory (``ru_maxrss``) is its own:
+
+* ``ibc_geo``: ``evaluate_embeddings`` - Recall@K for the dataset's Ks (SOP: 1 10 100 1000),
+  MAP@R, R-precision, precision@1 and NMI (faiss k-means, 20 iterations) in one call.
+* ``floor``: only faiss ``IndexFlatIP.search`` of all queries at once with the same k as
+  ``ibc_geo`` (max(largest K, largest class) + 1 for the query itself) plus faiss k-means with
+  the same parameters and the final assignment; no metric at all. ``floor (k=R)`` does the same
+  with pytorch-metric-learning's k (largest class size), which cannot give Recall@1000.
+* ``pml``: pytorch-metric-learning's ``AccuracyCalculator(k="max_bin_count")`` with
+  precision_at_1, r_precision, mean_average_precision_at_r and NMI (its defaults: faiss
+  ``IndexFlatL2``, faiss k-means with 20 iterations). AMI is left out (scikit-learn's expected
+  mutual information over 11,316 classes runs for hours).
+* ``paper``: the paper's code (dvl-tum/intra_batch ``evaluation``): scikit-learn
+  ``pairwise_distances`` on all items, a full ``np.argsort`` of the N x N matrix, Recall@K from
+  columns 1..K (assumes the query ranks first), and scikit-learn ``KMeans(n_classes)`` for NMI
+  (the paper's code skips NMI on SOP; so does this column). On SOP it runs on whole classes up
+  to ``--paper-n`` items, the largest N whose N x N float32 + int64 matrices fit in free memory.
+* ``brute``: numpy brute force (float32 matmul per chunk, exact top-(R+1) by argpartition,
+  ties by index, the query removed by index) for Recall@1, MAP@R and R-precision: a value check.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+DIM = 512
+SHAPES = {  # name: (items, classes, min size, max size, Recall@K's Ks)
+    "SOP": (60502, 11316, 2, 12, (1, 10, 100, 1000)),
+    "CUB": (5924, 100, 41, 60, (1, 2, 4, 8)),
+    "Cars": (8131, 98, 48, 136, (1, 2, 4, 8)),
+}
+QUICK_SHAPES = {
+    "SOP": (6050, 1132, 2, 12, (1, 10, 100, 1000)),
+    "CUB": (1170, 20, 41, 60, (1, 2, 4, 8)),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+def class_sizes(n: int, c: int, lo: int, hi: int, rng: np.random.Generator) -> np.ndarray:
+    """``c`` sizes in [lo, hi] summing to ``n``, with one class of each extreme size."""
+    if not lo * (c - 1) + hi <= n <= hi * (c - 1) + lo:
+        raise ValueError(f"cannot split {n} items into {c} classes of {lo}..{hi} with one of each extreme")
+    p = (n / c - lo) / (hi - lo)
+    sizes = lo + rng.binomial(hi - lo, p, size=c)
+    sizes[0], sizes[1] = lo, hi
+    while sizes.sum() != n:
+        i = rng.integers(2, c)
+        step = 1 if sizes.sum() < n else -1
+        if lo <= sizes[i] + step <= hi:
+            sizes[i] += step
+    return sizes
+
+
+def make_dataset(n: int, c: int, lo: int, hi: int, seed: int = 0, noise: float = 2.2):
+    """Clustered unit vectors: class centre + isotropic noise, L2-normalised; shuffled order."""
+    rng = np.random.default_rng(seed)
+    sizes = class_sizes(n, c, lo, hi, rng)
+    labels = np.repeat(np.arange(c), sizes)
+    centres = rng.standard_normal((c, DIM), dtype=np.float32)
+    x = centres[labels] + noise * rng.standard_normal((n, DIM), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    perm = rng.permutation(n)
+    return np.ascontiguousarray(x[perm]), labels[perm].astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# workers (one per subprocess)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _search_k(labels: np.ndarray, ks) -> tuple[int, int]:
+    max_r = int(np.bincount(np.unique(labels, return_inverse=True)[1]).max()) - 1
+    return min(len(labels) - 1, max(max(ks), max_r)), max_r
+
+
+def work_ibc_geo(x, y, ks, dataset):
+    from ibc_geo.evaluation import evaluate_embeddings
+
+    m = evaluate_embeddings(x, y, recall_k=ks, nmi=True, kmeans_iters=20, seed=0)
+    return {k: v for k, v in m.items() if not k.startswith("num_")}
+
+
+def _faiss_floor(x, y, k):
+    import faiss
+
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    index.search(x, k + 1)
+    c = len(np.unique(y))
+    km = faiss.Kmeans(x.shape[1], c, niter=20, seed=0, verbose=False,
+                      max_points_per_centroid=len(x), min_points_per_centroid=1)
+    km.train(x)
+    km.index.search(x, 1)
+    return {}
+
+
+def work_floor(x, y, ks, dataset):
+    return _faiss_floor(x, y, _search_k(y, ks)[0])
+
+
+def work_floor_r(x, y, ks, dataset):
+    return _faiss_floor(x, y, _search_k(y, ks)[1])
+
+
+def work_pml(x, y, ks, dataset):
+    import torch
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    calc = AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r", "NMI"),
+                              k="max_bin_count", device=torch.device("cpu"))
+    acc = calc.get_accuracy(torch.from_numpy(x), torch.from_numpy(y))
+    return {"precision@1": acc["precision_at_1"], "r_precision": acc["r_precision"],
+            "map@r": acc["mean_average_precision_at_r"], "nmi": acc["NMI"]}
+
+
+def work_paper(x, y, ks, dataset):
+    import sklearn.cluster
+    import sklearn.metrics
+    from sklearn.metrics.pairwise import pairwise_distances
+
+    out = {}
+    if dataset != "SOP":  # the paper's code computes NMI on CUB and Cars only
+        cluster = sklearn.cluster.KMeans(len(np.unique(y))).fit(x).labels_
+        out["nmi"] = sklearn.metrics.normalized_mutual_info_score(y, cluster)
+    distances = pairwise_distances(x)
+    indices = np.argsort(distances, axis=1)[:, 1:max(ks) + 1]
+    del distances
+    nbr = y[indices]
+    for k in ks:
+        out[f"recall@{k}"] = float(np.mean((nbr[:, :k] == y[:, None]).any(axis=1)))
+    return out
+
+
+def work_brute(x, y, ks, dataset, chunk=1024):
+    """Recall@1, MAP@R, R-precision with plain numpy, written independently of ibc_geo."""
+    n = len(y)
+    counts = np.bincount(np.unique(y, return_inverse=True)[1])
+    _, inv = np.unique(y, return_inverse=True)
+    r_all = counts[inv] - 1
+    kb = int(r_all.max()) + 1  # R neighbours plus the query itself
+    hit1, aps, rps = [], [], []
+    for s in range(0, n, chunk):
+        sims = x[s:s + chunk] @ x.T
+        cand = np.argpartition(-sims, kb, axis=1)[:, :kb + 1]
+        cs = np.take_along_axis(sims, cand, axis=1)
+        order = np.lexsort((cand, -cs), axis=1)
+        cand = np.take_along_axis(cand, order, axis=1)
+        for row in range(cand.shape[0]):
+            q = s + row
+            nb = cand[row][cand[row] != q][:kb - 1] if q in cand[row] else cand[row][:kb - 1]
+            rel = y[nb] == y[q]
+            hit1.append(rel[0])
+            r = r_all[q]
+            if r:
+                prec = np.cumsum(rel[:r]) / np.arange(1, r + 1)
+                aps.append(float((prec * rel[:r]).sum() / r))
+                rps.append(float(rel[:r].sum() / r))
+    return {"recall@1": float(np.mean(hit1)), "map@r": float(np.mean(aps)), "r_precision": float(np.mean(rps))}
+
+
+WORKERS = {"ibc_geo": work_ibc_geo, "floor": work_floor, "floor_r": work_floor_r, "pml": work_pml,
+           "paper": work_paper, "brute": work_brute}
+
+
+def run_worker(method: str, data: str, ks, dataset: str, limit: int) -> None:
+    x = np.load(data + "_x.npy")
+    y = np.load(data + "_y.npy")
+    if limit and limit < len(y):  # whole classes up to `limit` items (classes are shuffled)
+        classes = np.unique(y)
+        rng = np.random.default_rng(0)
+        sizes = np.bincount(np.unique(y, return_inverse=True)[1])
+        order = rng.permutation(len(classes))
+        keep_classes = classes[order][np.cumsum(sizes[order]) <= limit]
+        keep = np.isin(y, keep_classes)
+        x, y = np.ascontiguousarray(x[keep]), y[keep]
+    # Imports happen before the clock starts and the baseline RSS is taken, for every method.
+    import faiss  # noqa: F401
+    import sklearn.cluster  # noqa: F401
+    import sklearn.metrics  # noqa: F401
+    import torch  # noqa: F401
+    import ibc_geo.evaluation  # noqa: F401
+    if method == "pml":
+        import pytorch_metric_learning.utils.accuracy_calculator  # noqa: F401
+    base = _rss_mb()
+    t0 = time.perf_counter()
+    metrics = WORKERS[method](x, y, ks, dataset)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "peak_mb": peak, "base_mb": base, "n": int(len(y)),
+                      "classes": int(len(np.unique(y))), "metrics": metrics}))
+
+
+# --------------------------------------------------------------------------------------------
+# driver
+
+
+def measure(method, data, ks, dataset, limit=0, timeout=3600):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", method, "--data", data,
+           "--dataset", dataset, "--ks", *map(str, ks), "--limit", str(limit)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr or "").strip().splitlines()[-3:]
+        return {"error": f"exit {proc.returncode}: {' | '.join(tail)}", "wall": time.perf_counter() - t0}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def paper_limit(n: int, requested: int) -> int:
+    """Largest N <= requested whose N x N float32 distances + int64 argsort fit in 80 % of free memory."""
+    import psutil
+
+    free = psutil.virtual_memory().available * 0.8
+    fit = int((free / 12) ** 0.5)
+    return min(n, requested, fit)
+
+
+def fmt_row(name, method, r, metric_keys):
+    if "error" in r:
+        return f"| {name} | {method} | failed: {r['error']} |" + " |" * (len(metric_keys) + 3)
+    vals = [("" if k not in r["metrics"] else f"{100 * r['metrics'][k]:.3f}") for k in metric_keys]
+    return (f"| {name} | {method} | {r['n']:,} | {r['seconds']:.1f} | {r['peak_mb'] / 1024:.2f} "
+            f"| {(r['peak_mb'] - r['base_mb']) / 1024:.2f} | " + " | ".join(vals) + " |")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small shapes (a minute), for trying the script")
+    p.add_argument("--out", default="", help="write the markdown table here as well")
+    p.add_argument("--paper-n", type=int, default=30000, help="largest N tried for the paper's approach on SOP")
+    p.add_argument("--methods", nargs="+", default=["ibc_geo", "floor", "floor_r", "pml", "brute", "paper"])
+    p.add_argument("--datasets", nargs="+", default=None)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
+    p.add_argument("--dataset", help=argparse.SUPPRESS)
+    p.add_argument("--ks", nargs="+", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--limit", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        run_worker(args.worker, args.data, args.ks, args.dataset, args.limit)
+        return
+
+    import faiss
+
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    names = args.datasets or list(shapes)
+    cmdline = "python benchmarks/eval.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [f"Command: `{cmdline.strip()}`", "",
+             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+             f"faiss {faiss.__version__} with {faiss.omp_get_max_threads()} threads, numpy {np.__version__}; "
+             f"load average at start {os.getloadavg()[0]:.2f}.", ""]
+    metric_keys = ["recall@1", "precision@1", "map@r", "r_precision", "nmi"]
+    header = ("| data | method | N | time (s) | peak RSS (GB) | peak above data (GB) | "
+              + " | ".join(metric_keys) + " |")
+    table = [header, "|" + "---|" * (6 + len(metric_keys))]
+    extra = []
+    print("\n".join(lines + table), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            n, c, lo, hi, ks = shapes[name]
+            x, y = make_dataset(n, c, lo, hi)
+            data = os.path.join(tmp, name)
+            np.save(data + "_x.npy", x)
+            np.save(data + "_y.npy", y)
+            del x
+            results = {}
+            for method in args.methods:
+                limit = 0
+                if method == "paper":
+                    limit = paper_limit(n, args.paper_n if name == "SOP" else n)
+                if method == "brute" and name != "SOP" and "SOP" in names:
+                    continue  # brute force checks the largest set only (small sets: the tests)
+                r = measure(method, data, ks, name, limit)
+                results[method] = r
+                row = fmt_row(name, method, r, metric_keys)
+                table.append(row)
+                print(row, flush=True)
+                if "metrics" in r and method in ("ibc_geo", "paper"):
+                    rec = ", ".join(f"R@{k} {100 * r['metrics'][f'recall@{k}']:.2f}" for k in ks)
+                    extra.append(f"- {name} {method} (N = {r['n']:,}): {rec}")
+            if {"ibc_geo", "floor", "pml"} <= results.keys() and all("seconds" in results[m] for m in ("ibc_geo", "floor", "pml")):
+                ours, floor, pml = (results[m]["seconds"] for m in ("ibc_geo", "floor", "pml"))
+                msg = (f"- {name}: ibc_geo / floor = {ours / floor:.2f}x, ibc_geo / pml = {ours / pml:.2f}x")
+                if "floor_r" in results and "seconds" in results["floor_r"]:
+                    msg += f", ibc_geo / floor (k=R) = {ours / results['floor_r']['seconds']:.2f}x"
+                extra.append(msg)
+                if "metrics" in results.get("brute", {}):
+                    b, o, q = results["brute"]["metrics"], results["ibc_geo"]["metrics"], results["pml"]["metrics"]
+                    diffs = {k: (abs(o[k] - b[k]), abs(q[pk] - b[k])) for k, pk in
+                             (("recall@1", "precision@1"), ("map@r", "map@r"), ("r_precision", "r_precision"))}
+                    extra.append(f"- {name}: |ibc_geo - brute|, |pml - brute|: "
+                                 + ", ".join(f"{k} {d[0]:.2e}, {d[1]:.2e}" for k, d in diffs.items()))
+    lines += table + ["", f"Load average at end {os.getloadavg()[0]:.2f}.", ""] + extra
+    text = "\n".join(lines) + "\n"
+    print("\n".join(extra))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()
