@@ -10,8 +10,9 @@ batch graph of B nodes, for the full graph and the kNN graph (k = 10):
 * ``pyg``: PyG's :class:`~torch_geometric.nn.TransformerConv` (out 64 x 8 heads,
   ``root_weight=False``) on the same graph, as an outside reference.
 
-Every configuration runs in its own child process so that its peak RSS
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is its own. A configuration whose estimated
+Times come from one child process per (graph, B) that runs the methods round-robin, so that
+they share whatever load the machine has; peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``,
+process total including ~0.7 GB of torch + PyG) comes from one fresh child per configuration. A configuration whose estimated
 memory exceeds ``--max-gb`` is skipped and marked so in the table. Times are of one forward +
 backward (inputs and parameters receive gradients), the best of at least 3 repetitions after two
 warm-ups (the minimum is the statistic least disturbed by other load on a shared machine).
@@ -52,9 +53,7 @@ def estimate_gb(method: str, graph: str, B: int) -> float:
     return base + 6 * H * B * B * 4 / 1e9
 
 
-def child(method: str, graph: str, B: int, min_time: float) -> dict:
-    import resource
-
+def build(method: str, graph: str, B: int):
     import torch
     from torch_geometric.data import Data
     from torch_geometric.nn import TransformerConv
@@ -79,28 +78,40 @@ def child(method: str, graph: str, B: int, min_time: float) -> dict:
         x.grad = None
         layer.zero_grad(set_to_none=True)
 
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    step()  # warm-up: first calls allocate and pick kernels
-    step()
-    times = []
-    start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < 30):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
     used_dense = bool(layer.dense_plan(edge_index, B)[0]) if method != "pyg" else False
-    return {
-        "ms": 1e3 * min(times),  # best of: the machine is shared, min is the least noisy
-        "reps": len(times),
-        "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-        "setup_gb": rss_before,
-        "dense": used_dense,
-    }
+    return step, used_dense
 
 
-def run_child(method: str, graph: str, B: int, min_time: float) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", method, graph, str(B),
-           "--min-time", str(min_time)]
+def child_time(methods: list, graph: str, B: int, min_time: float) -> dict:
+    """Round-robin repetitions of all methods in one process, so they share the same load."""
+    steps = {m: build(m, graph, B) for m in methods}
+    for step, _ in steps.values():  # warm-up: first calls allocate and pick kernels
+        step()
+        step()
+    times = {m: [] for m in methods}
+    start = time.perf_counter()
+    while min(len(t) for t in times.values()) < 3 or (
+            time.perf_counter() - start < min_time * len(methods) and min(len(t) for t in times.values()) < 30):
+        for m, (step, _) in steps.items():
+            t = time.perf_counter()
+            step()
+            times[m].append(time.perf_counter() - t)
+    return {m: {"ms": 1e3 * min(times[m]), "reps": len(times[m]), "dense": steps[m][1]} for m in methods}
+
+
+def child_memory(method: str, graph: str, B: int) -> dict:
+    """Peak RSS of one forward + backward (after one warm-up step) in a fresh process."""
+    import resource
+
+    step, _ = build(method, graph, B)
+    setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    step()
+    step()
+    return {"peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "setup_gb": setup}
+
+
+def run_child(args: list) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__)] + [str(a) for a in args]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         return {"error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"rc {res.returncode}"}
@@ -122,13 +133,19 @@ def main() -> None:
     p.add_argument("--max-gb", type=float, default=12.0,
                    help="skip configurations estimated above this many GB (default: 12)")
     p.add_argument("--min-time", type=float, default=1.5, help="seconds of timed repetitions per configuration")
+    p.add_argument("--graphs", nargs="*", default=list(GRAPHS), choices=GRAPHS, help="graphs to run (default: both)")
     p.add_argument("--json", help="also write the raw results to this file")
-    p.add_argument("--child", nargs=3, metavar=("METHOD", "GRAPH", "B"), help=argparse.SUPPRESS)
+    p.add_argument("--child-time", nargs=3, metavar=("METHODS", "GRAPH", "B"), help=argparse.SUPPRESS)
+    p.add_argument("--child-memory", nargs=3, metavar=("METHOD", "GRAPH", "B"), help=argparse.SUPPRESS)
     args = p.parse_args()
 
-    if args.child:
-        method, graph, B = args.child
-        print(json.dumps(child(method, graph, int(B), args.min_time)))
+    if args.child_time:
+        methods, graph, B = args.child_time
+        print(json.dumps(child_time(methods.split(","), graph, int(B), args.min_time)))
+        return
+    if args.child_memory:
+        method, graph, B = args.child_memory
+        print(json.dumps(child_memory(method, graph, int(B))))
         return
 
     sizes = args.sizes or ([64, 128, 512] if args.quick else [64, 128, 512, 1024, 2048, 4096])
@@ -137,14 +154,19 @@ def main() -> None:
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, d={D}, H={H}, kNN k={K}, "
           f"train mode, attention dropout 0.1; forward+backward best-of ms; peak RSS GB of the child")
     results = {}
-    for graph in GRAPHS:
+    for graph in args.graphs:
         for B in sizes:
+            est = {m: estimate_gb(m, graph, B) for m in METHODS}
+            run = [m for m in METHODS if est[m] <= args.max_gb]
+            timed = run_child(["--child-time", ",".join(run), graph, B, "--min-time", args.min_time]) if run else {}
             for method in METHODS:
-                est = estimate_gb(method, graph, B)
-                if est > args.max_gb:
-                    r = {"skipped": est}
+                if method not in run:
+                    r = {"skipped": est[method]}
+                elif "error" in timed:
+                    r = dict(timed)
                 else:
-                    r = run_child(method, graph, B, args.min_time)
+                    r = dict(timed[method])
+                    r.update(run_child(["--child-memory", method, graph, B]))
                 results[f"{graph}/{B}/{method}"] = r
                 print(f"  {graph:4s} B={B:5d} {method:6s} {json.dumps(r)}", file=sys.stderr, flush=True)
 
@@ -152,7 +174,7 @@ def main() -> None:
     print("| graph | B | E | dense ms | sparse ms | PyG TransformerConv ms | auto ms (path) "
           "| sparse / dense | PyG / dense | auto / best | peak GB dense | peak GB sparse | peak GB PyG | peak GB auto |")
     print("|" + "---|" * 14)
-    for graph in GRAPHS:
+    for graph in args.graphs:
         for B in sizes:
             r = {m: results[f"{graph}/{B}/{m}"] for m in METHODS}
             ok = {m: v["ms"] for m, v in r.items() if "ms" in v}

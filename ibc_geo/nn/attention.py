@@ -13,18 +13,21 @@ function with the same parameters:
   kernels. Needs a graph without duplicate edges (a mask cannot count an edge twice).
 * ``"auto"`` (default): dense for the full graph and for graphs denser than
   :attr:`IntraBatchAttention.DENSE_MIN_DENSITY` edges per node pair (masked SDPA), sparse
-  otherwise. Deciding costs one :math:`O(E)` scatter into an :math:`N^2` boolean mask, done
-  without gradients, and only when :math:`E \ge \rho N^2` (so sparse graphs pay nothing). The
+  otherwise. Deciding costs one :math:`O(E)` scatter into an :math:`N^2` boolean mask (integer
+  work outside autograd), and only when :math:`E \ge \rho N^2` (so sparse graphs pay nothing). The
   threshold comes from ``benchmarks/mpn.py`` (see ``benchmarks/RESULTS_mpn.md``).
 
 Attention weights, when requested, are per edge and in ``edge_index`` order on both paths
 (the pre-dropout coefficients, as in PyG's ``TransformerConv``). On the dense path they are
 computed by an explicit softmax instead of SDPA (SDPA does not return them), still differentiable.
 
-Compilation: ``torch.compile`` works on both paths (the dense/sparse decision is data-dependent
-and causes a graph break, so compile with a fixed ``attention_path`` for one graph). TorchScript:
-``torch.jit.script`` is deprecated in torch >= 2.10 and PyG's ``jittable()`` is a no-op since
-PyG 2.5; this layer is not scripted (see ``tests/nn/test_attention.py``).
+Compilation: ``torch.compile`` works on every path (tested with the ``aot_eager`` backend; the
+dense/sparse decision reads tensor values and so causes a graph break before the attention).
+TorchScript: ``torch.jit.script(IntraBatchAttention(...))`` works on every path, with and without
+attention weights (PyG >= 2.5 scripts ``MessagePassing`` through its own templates; the old
+``jittable()`` is a deprecated no-op); ``torch.jit.script`` itself is deprecated in recent torch.
+:class:`~ibc_geo.nn.IntraBatchLayer` and :class:`~ibc_geo.nn.MessagePassingNetwork` are not
+scriptable (their optional-return signatures); use ``torch.compile`` for them.
 """
 
 import math
@@ -78,7 +81,7 @@ class IntraBatchAttention(MessagePassing):
 
     #: Lowest edge density :math:`E / N^2` at which ``"auto"`` takes masked SDPA over the sparse
     #: path (full graphs always go dense). Measured on CPU by ``benchmarks/mpn.py``.
-    DENSE_MIN_DENSITY: float = 0.02
+    DENSE_MIN_DENSITY: float = 0.03
     #: ``"auto"`` never builds a dense mask for more nodes than this (memory :math:`N^2` bytes).
     DENSE_MAX_NODES: int = 32768
 
@@ -131,7 +134,7 @@ class IntraBatchAttention(MessagePassing):
         # Integer / boolean work only: nothing here enters autograd.
         flat = edge_index[1] * N + edge_index[0]
         mask = torch.zeros(N * N, dtype=torch.bool, device=edge_index.device)
-        mask[flat] = True
+        mask.index_fill_(0, flat, True)
         distinct = int(mask.sum())
         if distinct != E:
             if path == "dense":
