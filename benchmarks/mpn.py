@@ -31,6 +31,7 @@ import time
 
 D, H, K = 512, 8, 10
 METHODS = ("dense", "sparse", "auto", "pyg")
+THREADS = int(os.environ.get("IBC_BENCH_THREADS", "0"))  # set by --threads for the children
 GRAPHS = ("full", "knn")
 
 
@@ -55,6 +56,9 @@ def estimate_gb(method: str, graph: str, B: int) -> float:
 
 def build(method: str, graph: str, B: int):
     import torch
+
+    if THREADS:
+        torch.set_num_threads(THREADS)
     from torch_geometric.data import Data
     from torch_geometric.nn import TransformerConv
 
@@ -78,32 +82,43 @@ def build(method: str, graph: str, B: int):
         x.grad = None
         layer.zero_grad(set_to_none=True)
 
-    used_dense = bool(layer.dense_plan(edge_index, B)[0]) if method != "pyg" else False
-    return step, used_dense
+    if method == "pyg":
+        return step, False, None
+    used_dense = bool(layer.dense_plan(edge_index, B)[0])
+    return step, used_dense, lambda: layer.dense_plan(edge_index, B)
 
 
 def child_time(methods: list, graph: str, B: int, min_time: float) -> dict:
     """Round-robin repetitions of all methods in one process, so they share the same load."""
     steps = {m: build(m, graph, B) for m in methods}
-    for step, _ in steps.values():  # warm-up: first calls allocate and pick kernels
+    for step, _, _ in steps.values():  # warm-up: first calls allocate and pick kernels
         step()
         step()
     times = {m: [] for m in methods}
     start = time.perf_counter()
     while min(len(t) for t in times.values()) < 3 or (
             time.perf_counter() - start < min_time * len(methods) and min(len(t) for t in times.values()) < 30):
-        for m, (step, _) in steps.items():
+        for m, (step, _, _) in steps.items():
             t = time.perf_counter()
             step()
             times[m].append(time.perf_counter() - t)
-    return {m: {"ms": 1e3 * min(times[m]), "reps": len(times[m]), "dense": steps[m][1]} for m in methods}
+    result = {m: {"ms": 1e3 * min(times[m]), "reps": len(times[m]), "dense": steps[m][1]} for m in methods}
+    if "auto" in steps:  # what auto adds to the path it picks: the O(E) plan, timed alone
+        plan = steps["auto"][2]
+        plan_times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            plan()
+            plan_times.append(time.perf_counter() - t)
+        result["auto"]["plan_ms"] = 1e3 * min(plan_times)
+    return result
 
 
 def child_memory(method: str, graph: str, B: int) -> dict:
     """Peak RSS of one forward + backward (after one warm-up step) in a fresh process."""
     import resource
 
-    step, _ = build(method, graph, B)
+    step, _, _ = build(method, graph, B)
     setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     step()
     step()
@@ -134,11 +149,16 @@ def main() -> None:
                    help="skip configurations estimated above this many GB (default: 12)")
     p.add_argument("--min-time", type=float, default=1.5, help="seconds of timed repetitions per configuration")
     p.add_argument("--graphs", nargs="*", default=list(GRAPHS), choices=GRAPHS, help="graphs to run (default: both)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads in the children (default: 0 = torch's default); 1 avoids OpenMP "
+                        "barrier stalls when other jobs load the machine")
     p.add_argument("--json", help="also write the raw results to this file")
     p.add_argument("--child-time", nargs=3, metavar=("METHODS", "GRAPH", "B"), help=argparse.SUPPRESS)
     p.add_argument("--child-memory", nargs=3, metavar=("METHOD", "GRAPH", "B"), help=argparse.SUPPRESS)
     args = p.parse_args()
 
+    if args.threads:
+        os.environ["IBC_BENCH_THREADS"] = str(args.threads)
     if args.child_time:
         methods, graph, B = args.child_time
         print(json.dumps(child_time(methods.split(","), graph, int(B), args.min_time)))
@@ -151,7 +171,8 @@ def main() -> None:
     sizes = args.sizes or ([64, 128, 512] if args.quick else [64, 128, 512, 1024, 2048, 4096])
     import torch
 
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, d={D}, H={H}, kNN k={K}, "
+    threads = args.threads or torch.get_num_threads()
+    print(f"# torch {torch.__version__}, {threads} thread(s) on {os.cpu_count()} cores, d={D}, H={H}, kNN k={K}, "
           f"train mode, attention dropout 0.1; forward+backward best-of ms; peak RSS GB of the child")
     results = {}
     for graph in args.graphs:
@@ -172,8 +193,8 @@ def main() -> None:
 
     print()
     print("| graph | B | E | dense ms | sparse ms | PyG TransformerConv ms | auto ms (path) "
-          "| sparse / dense | PyG / dense | auto / best | peak GB dense | peak GB sparse | peak GB PyG | peak GB auto |")
-    print("|" + "---|" * 14)
+          "| sparse / dense | PyG / dense | auto / best | auto picks faster? | plan / best | peak GB dense | peak GB sparse | peak GB PyG | peak GB auto |")
+    print("|" + "---|" * 16)
     for graph in args.graphs:
         for B in sizes:
             r = {m: results[f"{graph}/{B}/{m}"] for m in METHODS}
@@ -185,10 +206,19 @@ def main() -> None:
             best = min((ok[m] for m in ("dense", "sparse") if m in ok), default=None)
             auto_best = f"{ok['auto'] / best:.2f}" if "auto" in ok and best else "-"
             path = ("dense" if r["auto"].get("dense") else "sparse") if "ms" in r["auto"] else ""
+            faster = min((m for m in ("dense", "sparse") if m in ok), key=ok.get, default=None)
+            if path and faster and "dense" in ok and "sparse" in ok:
+                close = abs(ok["dense"] - ok["sparse"]) / best < 0.10
+                picks = "yes" if path == faster else ("tie (<10%)" if close else "NO")
+            elif path and faster:
+                picks = f"only {faster} ran"
+            else:
+                picks = "-"
+            plan = f"{r['auto']['plan_ms'] / best:.3f}" if "plan_ms" in r["auto"] and best else "-"
             peak = [f"{v['peak_gb']:.2f}" if "peak_gb" in v else "-" for v in (r[m] for m in ("dense", "sparse", "pyg", "auto"))]
             print(f"| {graph} | {B} | {num_edges(graph, B)} | {fmt_ms(r['dense'])} | {fmt_ms(r['sparse'])} | "
                   f"{fmt_ms(r['pyg'])} | {fmt_ms(r['auto'])} ({path}) | {ratio('sparse', 'dense')} | "
-                  f"{ratio('pyg', 'dense')} | {auto_best} | " + " | ".join(peak) + " |")
+                  f"{ratio('pyg', 'dense')} | {auto_best} | {picks} | {plan} | " + " | ".join(peak) + " |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
