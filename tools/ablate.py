@@ -30,7 +30,7 @@ def main(argv=None) -> None:
                         help="seeds to run (default: the grid's 'seeds:', else the config's seed)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state; train nothing")
     add_config_arguments(parser, cfg_required=True)  # --cfg, --print-config (the base config), KEY VALUE ...
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     seeds, overrides = None, list(args.overrides)
     if args.seeds is not None:
         seeds, extra = split_seeds(args.seeds)

@@ -9,7 +9,7 @@ from ibc_geo.utils.cli import run_tool
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     add_config_arguments(parser, cfg_required=False)
-    cfg = config_from_args(parser.parse_args())
+    cfg = config_from_args(parser.parse_intermixed_args())
     train(cfg)
 
 

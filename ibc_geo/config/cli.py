@@ -10,9 +10,12 @@ from ibc_geo.config.loader import ConfigError, load_config, to_yaml
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cfg_required: bool = False) -> None:
+    """``--cfg``, ``--print-config`` and positional ``KEY VALUE`` pairs; parse with
+    ``parser.parse_intermixed_args()`` so that options and pairs may come in any order."""
     parser.add_argument("--cfg", required=cfg_required, metavar="FILE", help="YAML config (may inherit _BASE_)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+    # nargs="*" with parse_intermixed_args: options may come before, between or after the pairs.
+    parser.add_argument("overrides", nargs="*", metavar="KEY VALUE",
                         help="config overrides, e.g. graph.topology knn graph.k 5")
 
 
@@ -36,6 +39,6 @@ def run_config_cli(argv=None) -> None:
     """``python -m ibc_geo.config --cfg FILE [KEY VALUE ...]``: print the resolved config."""
     parser = argparse.ArgumentParser(prog="python -m ibc_geo.config", description=run_config_cli.__doc__)
     add_config_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     args.print_config = True
     config_from_args(args)

@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     parser.add_argument("--subset", action="store_true",
                         help="do not compare counts with the complete dataset's (METHOD.md §3)")
     add_config_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     cfg = config_from_args(args)
     report = check_dataset(cfg, decode=not args.no_decode, expected_counts=not args.subset)
     print(report.summary())

@@ -59,6 +59,24 @@ def _ignored_for_eval() -> tuple:
     return RUNTIME_KEYS + training_only
 
 
+def evaluate_initial_model(cfg, split: str = "test") -> dict:
+    """Metrics of the model as ``cfg`` initialises it, before any training: ImageNet weights
+    (``model.pretrained imagenet``, the usual DML baseline) or the seeded random init of a run.
+
+    The backbone embedding does not depend on the class count, so no training set is read.
+    """
+    from ibc_geo.modeling import IntraBatchModel
+    from ibc_geo.utils.runtime import seed_everything
+
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    model = IntraBatchModel.from_config(cfg, num_classes=2).to(device)
+    dataset = build_dataset(cfg, split, build_transforms(cfg, train=False))
+    metrics = evaluate_model(cfg, model, dataset, device)
+    metrics.update(dataset=cfg.data.name, split=split, checkpoint=None, epoch=0)
+    return metrics
+
+
 def evaluate_checkpoint(cfg, ckpt_path: str, split: str = "test") -> dict:
     """Metrics of the checkpoint at ``ckpt_path`` on ``split`` (``test`` or ``val``), config ``cfg``."""
     state = load_checkpoint(ckpt_path)

@@ -1,6 +1,7 @@
 """``tools/eval.py``: metrics of a checkpoint, or of saved embeddings without any model.
 
     python tools/eval.py --cfg CFG --ckpt CKPT [--split test|val] [--out PATH] [KEY VALUE ...]
+    python tools/eval.py --cfg CFG --init [--split test|val]      # the untrained / ImageNet baseline
     python tools/eval.py --embeddings E.npy --labels L.npy [--query-mask Q.npy]
                          [--recall-k 1 10 100 1000] [--out PATH] [--cfg CFG] [KEY VALUE ...]
 
@@ -34,9 +35,12 @@ class _InputError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tools/eval.py", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()  # one is needed, unless --print-config
     src.add_argument("--ckpt", metavar="CKPT", help="checkpoint to evaluate (needs the config of its run)")
     src.add_argument("--embeddings", metavar="E.npy", help="saved [N, D] embeddings; no model is built")
+    src.add_argument("--init", action="store_true",
+                     help="the model as the config initialises it (ImageNet or seeded random weights): "
+                          "the baseline before training")
     p.add_argument("--labels", metavar="L.npy", help="[N] labels of --embeddings")
     p.add_argument("--query-mask", metavar="Q.npy", help="[N] bool, True = query, False = gallery (In-Shop)")
     p.add_argument("--split", choices=["test", "val"], default=None, help="split of --ckpt (default test)")
@@ -91,22 +95,31 @@ def _evaluate_saved(args, cfg, explicit_cfg: bool) -> tuple[dict, str, Optional[
 
 
 def _evaluate_checkpoint(args, cfg) -> tuple[dict, str, Optional[str]]:
-    from ibc_geo.engine import evaluate_checkpoint
+    from ibc_geo.engine import evaluate_checkpoint, evaluate_initial_model
 
+    if args.init:
+        metrics = evaluate_initial_model(cfg, args.split or "test")
+        out = args.out or os.path.join(cfg.output_dir, "metrics_init.json")
+        return metrics, out, cfg.data.name
     metrics = evaluate_checkpoint(cfg, args.ckpt, args.split or "test")
     out = args.out or os.path.join(cfg.output_dir, "metrics.json")
     return metrics, out, cfg.data.name
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)
+    if args.print_config:
+        config_from_args(args)  # prints the resolved config and exits 0
+    if not (args.ckpt or args.embeddings or args.init):
+        parser.error("one of the arguments --ckpt --embeddings --init is required")
     if args.ckpt and not os.path.isfile(args.ckpt):
         print(f"error: checkpoint file not found: {args.ckpt}", file=sys.stderr)
         return EXIT_USAGE
     explicit_cfg = bool(args.cfg or args.overrides or args.print_config)
     # Saved embeddings need no dataset: without --cfg or overrides the schema defaults serve
     # (eval.recall_k, eval.nmi, ...), unchecked since no dataset is read.
-    cfg = config_from_args(args) if (explicit_cfg or args.ckpt) else default_config()
+    cfg = config_from_args(args) if (explicit_cfg or args.ckpt or args.init) else default_config()
     try:
         if args.embeddings:
             metrics, out, dataset = _evaluate_saved(args, cfg, explicit_cfg)
@@ -116,7 +129,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     record = _json_ready(metrics)
-    record.update(dataset=dataset, split=args.split or ("test" if args.ckpt else None))
+    record.update(dataset=dataset, split=args.split or ("test" if (args.ckpt or args.init) else None))
     record.setdefault("num_items", metrics.get("num_items"))
     record.setdefault("num_classes", metrics.get("num_classes"))
     print(format_table(metrics))
