@@ -43,7 +43,7 @@ from ibc_geo.ablation.grid import (
     check_seeds,
     load_grid,
 )
-from ibc_geo.config import ConfigError, config_to_dict, load_config, parse_overrides
+from ibc_geo.config import ConfigError, config_differences, config_to_dict, load_config, parse_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -129,16 +129,6 @@ def run_status(run_dir: str) -> str:
     return "new"
 
 
-def _flatten(data, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def config_drift(run: Run) -> list[str]:
     """``key: saved -> now`` for each key where the run folder's config.yaml differs from ``run.cfg``."""
     path = os.path.join(run.run_dir, CONFIG_FILE)
@@ -148,12 +138,7 @@ def config_drift(run: Run) -> list[str]:
         saved = load_config(path, check=False)
     except ConfigError as e:
         return [f"its {CONFIG_FILE} no longer loads ({e})"]
-    old, new = _flatten(config_to_dict(saved)), _flatten(config_to_dict(run.cfg))
-    return [
-        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
-        for key in sorted(set(old) | set(new))
-        if key not in NOT_COMPARED and old.get(key) != new.get(key)
-    ]
+    return config_differences(config_to_dict(saved), config_to_dict(run.cfg), ignore=NOT_COMPARED)
 
 
 def _override_keys(overrides: Sequence[str]) -> list[str]:

@@ -246,3 +246,29 @@ def config_from_dict(data: Mapping, check: bool = True) -> DictConfig:
         check_config(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def flatten_config(d: Mapping, prefix: str = "") -> dict:
+    """``{"graph": {"k": 5}}`` -> ``{"graph.k": 5}``."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(saved: Mapping, current: Mapping, ignore: Iterable[str] = ()) -> list[str]:
+    """``["key: saved -> current", ...]`` for the keys where two config dicts differ.
+
+    ``ignore`` lists keys to pass over; an entry ending in ``.`` passes over a whole section.
+    """
+    a, b = flatten_config(saved), flatten_config(current)
+    ignore = tuple(ignore)
+
+    def ignored(key: str) -> bool:  # "train." ignores a whole section
+        return any(key == i or (i.endswith(".") and key.startswith(i)) for i in ignore)
+
+    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+            for k in sorted(set(a) | set(b)) if not ignored(k) and a.get(k) != b.get(k)]

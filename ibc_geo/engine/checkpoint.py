@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import os
-from typing import Iterable
-
 import torch
 
+from ibc_geo.config import config_differences  # noqa: F401  (re-exported for the engine)
 from ibc_geo.utils.io import atomic_write
 from ibc_geo.utils.state import state_dict_mismatch
 
@@ -34,28 +33,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - report any unreadable file the same way
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_differences(saved: dict, current: dict, ignore: Iterable[str] = RUNTIME_KEYS) -> list[str]:
-    """``["key: saved -> current", ...]`` for keys that change what is trained."""
-    a, b = _flatten(saved), _flatten(current)
-    ignore = tuple(ignore)
-
-    def ignored(key: str) -> bool:  # "train." ignores a whole section
-        return any(key == i or (i.endswith(".") and key.startswith(i)) for i in ignore)
-
-    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
-            for k in sorted(set(a) | set(b)) if not ignored(k) and a.get(k) != b.get(k)]
 
 
 def load_model_state(model: torch.nn.Module, state: dict, source: str) -> None:
