@@ -36,10 +36,15 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import is_sparse, softmax
 
 PATHS = ("auto", "dense", "sparse")
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], p: float) -> Tensor:
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
 
 
 class IntraBatchAttention(MessagePassing):
@@ -84,6 +89,10 @@ class IntraBatchAttention(MessagePassing):
     DENSE_MIN_DENSITY: float = 0.03
     #: ``"auto"`` never builds a dense mask for more nodes than this (memory :math:`N^2` bytes).
     DENSE_MAX_NODES: int = 32768
+    #: Dense attention whose :math:`(H, N, N)` score tensor would exceed this many bytes runs a few
+    #: heads at a time, with activation checkpointing when gradients are needed: the peak memory
+    #: stays bounded (B = 4096, H = 8: 3.2 GB -> see RESULTS_mpn.md) for one extra attention forward.
+    DENSE_CHUNK_BYTES: int = 128 * 2**20
 
     def __init__(self, channels: int, heads: int = 1, dropout: float = 0.1,
                  attention_path: str = "auto", **kwargs) -> None:
@@ -106,6 +115,7 @@ class IntraBatchAttention(MessagePassing):
         # Instance copies of the class-level tuning constants (TorchScript reads only these).
         self.dense_min_density = float(self.DENSE_MIN_DENSITY)
         self.dense_max_nodes = int(self.DENSE_MAX_NODES)
+        self.dense_chunk_bytes = int(self.DENSE_CHUNK_BYTES)
         self._alpha = None
         self.reset_parameters()
 
@@ -194,7 +204,11 @@ class IntraBatchAttention(MessagePassing):
         p = self.dropout if self.training else 0.0
         alpha: Optional[Tensor] = None
         if not need_alpha:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            big = q.size(1) * N * N * q.element_size() > self.dense_chunk_bytes
+            if big and not torch.jit.is_scripting():
+                out = self._sdpa_by_heads(q, k, v, mask, p)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         else:
             score = (q @ k.transpose(-1, -2)) / math.sqrt(q.size(-1))
             if mask is not None:
@@ -206,6 +220,24 @@ class IntraBatchAttention(MessagePassing):
         if isolated is not None:
             out = out.masked_fill(isolated.view(N, 1, 1), 0.0)
         return out, alpha
+
+    @torch.jit.unused
+    def _sdpa_by_heads(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], p: float,
+                       use_checkpoint: Optional[bool] = None) -> Tensor:
+        """SDPA over chunks of heads of at most ``dense_chunk_bytes`` of scores each; with
+        gradients, each chunk is checkpointed (recomputed in backward with the same dropout)."""
+        per_head = q.size(2) * q.size(2) * q.element_size()
+        step = max(1, self.dense_chunk_bytes // per_head)
+        if use_checkpoint is None:
+            use_checkpoint = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        outs = []
+        for h in range(0, q.size(1), step):
+            chunk = (q[:, h:h + step], k[:, h:h + step], v[:, h:h + step])
+            if use_checkpoint:
+                outs.append(checkpoint(_sdpa, *chunk, mask, p, use_reentrant=False))
+            else:
+                outs.append(_sdpa(*chunk, mask, p))
+        return torch.cat(outs, dim=1)
 
     def message(self, query_i: Tensor, key_j: Tensor, value_j: Tensor, index: Tensor,
                 ptr: Optional[Tensor], size_i: Optional[int]) -> Tensor:
