@@ -91,7 +91,8 @@ class IntraBatchAttention(MessagePassing):
     DENSE_MAX_NODES: int = 32768
     #: Dense attention whose :math:`(H, N, N)` score tensor would exceed this many bytes runs a few
     #: heads at a time, with activation checkpointing when gradients are needed: the peak memory
-    #: stays bounded (B = 4096, H = 8: 3.2 GB -> see RESULTS_mpn.md) for one extra attention forward.
+    #: stays bounded (B = 4096, H = 8, training: 3.2 GB -> 1.7 GB peak RSS, benchmarks/RESULTS_mpn.md)
+    #: for one extra attention forward in backward.
     DENSE_CHUNK_BYTES: int = 128 * 2**20
 
     def __init__(self, channels: int, heads: int = 1, dropout: float = 0.1,
