@@ -203,6 +203,8 @@ def check_config(cfg: DictConfig) -> None:
         fail("data.val_classes", vc,
              "eval.selection val needs held-out validation classes: set data.val_classes "
              "(e.g. 0.15) or eval.selection test")
+    if not 0.0 < cfg.data.crop_scale <= 1.0:
+        fail("data.crop_scale", cfg.data.crop_scale, "must be in (0, 1]")
     if cfg.data.image_size < 16:
         fail("data.image_size", cfg.data.image_size, "must be >= 16")
     pre = cfg.model.pretrained

@@ -31,6 +31,8 @@ class DataConfig:
     workers: int = 4  # DataLoader worker processes (0 = load in the main process)
     val_classes: float = 0.0  # held-out TRAINING classes for model selection: >= 1 a count, < 1 a fraction, 0 none
     random_erasing: float = 0.5  # probability of RandomErasing in training (paper: 0.5)
+    crop_scale: float = 0.08  # smallest area fraction of RandomResizedCrop (paper/torchvision: 0.08)
+    hflip: bool = True  # random horizontal flips in training (paper: on)
     on_corrupt: str = "skip"  # unreadable image during training: skip (warn, count) | error
 
 

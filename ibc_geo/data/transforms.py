@@ -23,10 +23,14 @@ def default_resize_size(image_size: int) -> int:
     return int(round(image_size * 256 / 227))
 
 
-def train_transforms(image_size: int = 227, random_erasing: float = 0.5) -> T.Compose:
-    """RandomResizedCrop, horizontal flip, ToTensor, ImageNet normalisation, RandomErasing(p)."""
-    steps = [ToRGB(), T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(),
-             T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+def train_transforms(image_size: int = 227, random_erasing: float = 0.5, crop_scale: float = 0.08,
+                     hflip: bool = True) -> T.Compose:
+    """RandomResizedCrop (area scale ``[crop_scale, 1]``), horizontal flip, ToTensor, ImageNet
+    normalisation, RandomErasing(p)."""
+    steps = [ToRGB(), T.RandomResizedCrop(image_size, scale=(crop_scale, 1.0))]
+    if hflip:
+        steps.append(T.RandomHorizontalFlip())
+    steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     if random_erasing > 0:
         steps.append(T.RandomErasing(p=random_erasing))
     return T.Compose(steps)
@@ -44,5 +48,6 @@ def eval_transforms(image_size: int = 227, resize_size: int = 0) -> T.Compose:
 def build_transforms(cfg, train: bool) -> T.Compose:
     """The transforms of ``cfg.data``: training augmentation when ``train``, else the test pipeline."""
     if train:
-        return train_transforms(cfg.data.image_size, cfg.data.random_erasing)
+        return train_transforms(cfg.data.image_size, cfg.data.random_erasing, cfg.data.crop_scale,
+                                cfg.data.hflip)
     return eval_transforms(cfg.data.image_size, cfg.data.resize_size)

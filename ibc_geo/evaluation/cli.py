@@ -6,7 +6,8 @@
                          [--recall-k 1 10 100 1000] [--out PATH] [--cfg CFG] [KEY VALUE ...]
 
 Prints a table and writes JSON (``--out``; default ``<output_dir>/metrics.json`` for a
-checkpoint, ``metrics.json`` beside ``E.npy`` for embeddings) holding the metric keys of
+checkpoint, or ``<output_dir>/metrics_<split>.json`` where ``metrics.json`` is the training run's
+own record, ``metrics.json`` beside ``E.npy`` for embeddings) holding the metric keys of
 :func:`ibc_geo.evaluation.evaluate_embeddings` plus ``dataset``, ``split``, ``num_items`` and
 ``num_classes``. NaN metrics (e.g. MAP@R when every query is lone) are written as ``null``.
 A missing input file or a bad config exits with code 2 and a one-line message.
@@ -14,6 +15,7 @@ A missing input file or a bad config exits with code 2 and a one-line message.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -94,6 +96,19 @@ def _evaluate_saved(args, cfg, explicit_cfg: bool) -> tuple[dict, str, Optional[
     return metrics, out, dataset
 
 
+def default_checkpoint_output(output_dir: str, split: str) -> str:
+    """``output_dir/metrics.json``, unless that file holds a training run's record (the trainer's
+    ``metrics.json``, with a ``selection`` history): then ``output_dir/metrics_<split>.json``, so
+    that evaluating a run's checkpoint never overwrites the run's own results."""
+    path = os.path.join(output_dir, "metrics.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            is_training_record = "selection" in json.load(f)
+    except (OSError, ValueError):
+        is_training_record = False
+    return os.path.join(output_dir, f"metrics_{split}.json") if is_training_record else path
+
+
 def _evaluate_checkpoint(args, cfg) -> tuple[dict, str, Optional[str]]:
     from ibc_geo.engine import evaluate_checkpoint, evaluate_initial_model
 
@@ -102,7 +117,7 @@ def _evaluate_checkpoint(args, cfg) -> tuple[dict, str, Optional[str]]:
         out = args.out or os.path.join(cfg.output_dir, "metrics_init.json")
         return metrics, out, cfg.data.name
     metrics = evaluate_checkpoint(cfg, args.ckpt, args.split or "test")
-    out = args.out or os.path.join(cfg.output_dir, "metrics.json")
+    out = args.out or default_checkpoint_output(cfg.output_dir, args.split or "test")
     return metrics, out, cfg.data.name
 
 

@@ -36,6 +36,14 @@ def test_train_then_eval_checkpoint_and_init(tmp_path):
     with open(tmp_path / "init.json") as f:
         assert 0.0 <= json.load(f)["recall@1"] <= 1.0
 
+    # by default the evaluation lands beside the run's own metrics.json, never over it
+    r = tool("eval.py", *args, "--ckpt", os.path.join(out, "checkpoints", "best.pt"))
+    assert r.returncode == 0, r.stderr
+    with open(os.path.join(out, "metrics_test.json")) as f:
+        assert json.load(f)["recall@1"] == trained["recall@1"]
+    with open(os.path.join(out, "metrics.json")) as f:
+        assert "selection" in json.load(f)
+
     # a finished run is not overwritten by accident
     r = tool("train.py", *args)
     assert r.returncode == 2 and "train.resume" in r.stderr and "Traceback" not in r.stderr
