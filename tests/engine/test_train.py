@@ -159,3 +159,29 @@ def test_evaluate_checkpoint_and_architecture_mismatch(tiny_cfg):
 def test_other_topologies_train(tiny_cfg, topology):
     result = train(tiny_cfg("graph.topology", topology, "graph.k", "3", "train.epochs", "1"))
     assert math.isfinite(result["test"]["recall@1"])
+
+
+def _scalars_and_images(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(folder, size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc, set(acc.Tags()["scalars"]), set(acc.Tags()["images"])
+
+
+@pytest.mark.parametrize("topology", ["full", "same_class"])
+def test_tensorboard_logs_losses_metrics_pictures_and_attention_statistics(tiny_cfg, topology):
+    cfg = tiny_cfg("graph.topology", topology, "train.epochs", "1")
+    train(cfg)
+    acc, scalars, images = _scalars_and_images(cfg.output_dir)
+    for tag in ("loss/total", "loss/backbone", "loss/mpn", "lr", "val/recall@1", "val/map@r", "val/nmi",
+                "test/recall@1", "graph/attention_entropy_layer0", "graph/same_class_attention_layer0"):
+        assert tag in scalars, tag
+    assert {"graph/attention_layer0", "graph/similarity_backbone", "graph/similarity_mpn"} <= images
+    share = acc.Scalars("graph/same_class_attention_layer0")[-1].value
+    entropy = acc.Scalars("graph/attention_entropy_layer0")[-1].value
+    if topology == "same_class":  # every edge joins a class: all attention mass stays in the class
+        assert share == pytest.approx(1.0, abs=1e-6)
+    else:  # 3 classes x 4 samples: a uniform attention would put 1/3 of its mass in the class
+        assert 0.0 < share < 1.0
+        assert 0.0 < entropy <= math.log(12) + 1e-6
