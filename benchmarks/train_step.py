@@ -42,6 +42,17 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def timed(fn, steps: int, device: str) -> float:
+    """Seconds per call of ``fn`` over ``steps`` calls, after one warm-up call."""
+    fn()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
 def time_steps(model, loss, opt, images, labels, steps: int, device: str) -> float:
     def step():
         out = model(images, labels)
@@ -50,13 +61,7 @@ def time_steps(model, loss, opt, images, labels, steps: int, device: str) -> flo
         terms["total"].backward()
         opt.step()
 
-    step()  # warm-up
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return (time.perf_counter() - start) / steps
+    return timed(step, steps, device)
 
 
 def time_graph_mpn(model, loss, images, labels, steps: int, device: str) -> float:
@@ -69,13 +74,7 @@ def time_graph_mpn(model, loss, images, labels, steps: int, device: str) -> floa
         h, logits = model.mpn(f, graph.edge_index)
         loss(labels, torch.zeros_like(logits), logits)["mpn"].backward()
 
-    part()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        part()
-    sync(device)
-    return (time.perf_counter() - start) / steps
+    return timed(part, steps, device)
 
 
 def main() -> None:
