@@ -24,6 +24,7 @@ and ``build_topology_from_config(cfg)`` are the entry points.
 """
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any, Callable, Dict, Optional, Type, TypeVar
 
 import torch
@@ -95,9 +96,9 @@ class Topology(BaseTransform):
         """Build from ``cfg.graph`` (and ``cfg.seed`` where a subclass needs it)."""
         return cls(similarity=cfg.graph.similarity)
 
+    @abstractmethod
     def select(self, sim: Tensor, y: Optional[Tensor]) -> Tensor:
         """The ``(B, B)`` boolean adjacency, ``mask[i, j]`` = edge ``j -> i``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement select(sim, y)")
 
     def forward(self, data: Data) -> Data:
         x = data.x

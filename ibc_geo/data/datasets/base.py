@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from typing import ClassVar, Dict, Iterator, List, Optional, Tuple
 
 from ibc_geo.data.errors import DatasetError, missing_path_error
 from ibc_geo.data.split import Split
 
 
-class DatasetFormat:
+class DatasetFormat(ABC):
     """How one benchmark lies on disk (as its authors ship it) and how to read its splits.
 
     Subclasses are registered in :data:`ibc_geo.data.DATASETS` under ``data.name`` and set:
@@ -35,8 +36,9 @@ class DatasetFormat:
             if not os.path.isdir(self.root):
                 raise self.missing(self.root, "dataset root (data.root)")
 
+    @abstractmethod
     def read(self) -> Dict[str, Split]:
-        raise NotImplementedError(f"{type(self).__name__}.read")
+        """The format's splits, parsed from its shipped files."""
 
     # Helpers for subclasses -------------------------------------------------------------------
 
