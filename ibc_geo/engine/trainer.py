@@ -6,6 +6,7 @@ Outputs in ``output_dir``: ``config.yaml`` (``--cfg`` of it reproduces the run),
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -159,9 +160,7 @@ class Trainer:
         autocast = (torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext())
         bar = tqdm(total=iters, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False,
                    disable=not progress_enabled())
-        for it, (images, labels, _) in enumerate(loader):
-            if it >= iters:
-                break
+        for it, (images, labels, _) in enumerate(itertools.islice(loader, iters)):
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             with autocast:
