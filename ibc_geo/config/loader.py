@@ -189,8 +189,13 @@ def check_config(cfg: DictConfig) -> None:
         fail("train.lr", cfg.train.lr, "must be > 0")
     if any(e < 1 for e in cfg.train.lr_drop_epochs):
         fail("train.lr_drop_epochs", list(cfg.train.lr_drop_epochs), "epochs are numbered from 1")
-    if cfg.eval.every < 1:
-        fail("eval.every", cfg.eval.every, "must be >= 1")
+    for key, low in (("eval.every", 1), ("train.log_every", 1), ("eval.batch_size", 1), ("eval.chunk_size", 1),
+                     ("eval.kmeans_iters", 1), ("data.workers", 0), ("train.iters_per_epoch", 0)):
+        value = OmegaConf.select(cfg, key)
+        if value < low:
+            fail(key, value, f"must be >= {low}")
+    if not 0.0 < cfg.train.lr_drop_factor <= 1.0:
+        fail("train.lr_drop_factor", cfg.train.lr_drop_factor, "must be in (0, 1]")
     if not cfg.eval.recall_k or any(k < 1 for k in cfg.eval.recall_k):
         fail("eval.recall_k", list(cfg.eval.recall_k), "a non-empty list of positive integers")
     metrics = [f"recall@{k}" for k in cfg.eval.recall_k] + ["nmi", "map@r", "r_precision", "precision@1"]

@@ -29,7 +29,7 @@ class DataConfig:
     image_size: int = 227  # training crop and test centre-crop side (paper: 227)
     resize_size: int = 0  # test-time resize before the centre crop; 0 = image_size * 256 / 227
     workers: int = 4  # DataLoader worker processes (0 = load in the main process)
-    val_classes: float = 0.0  # held-out TRAINING classes for model selection: >= 1 a count, < 1 a fraction, 0 none
+    val_classes: float = 0.15  # held-out TRAINING classes for model selection: >= 1 a count, < 1 a fraction, 0 none
     random_erasing: float = 0.5  # probability of RandomErasing in training (paper: 0.5)
     crop_scale: float = 0.08  # smallest area fraction of RandomResizedCrop (paper/torchvision: 0.08)
     hflip: bool = True  # random horizontal flips in training (paper: on)

@@ -28,7 +28,7 @@ def evaluate_model(cfg, model, dataset, device: torch.device) -> dict:
     )
 
 
-def model_from_checkpoint(cfg, state: dict, source: str):
+def model_from_checkpoint(cfg, state: dict, source: str, split: str = "test"):
     """Build the configured model with the checkpoint's class count and load its weights."""
     from ibc_geo.modeling import IntraBatchModel
 
@@ -36,8 +36,7 @@ def model_from_checkpoint(cfg, state: dict, source: str):
     if saved_cfg is not None:
         from ibc_geo.config import config_to_dict
 
-        diff = config_differences(saved_cfg, config_to_dict(cfg),
-                                  ignore=_ignored_for_eval())
+        diff = config_differences(saved_cfg, config_to_dict(cfg), ignore=_ignored_for_eval(split))
         if diff:
             raise CheckpointError(f"checkpoint {source} was trained with another config: " + "; ".join(diff))
     weights = state["model"]
@@ -49,14 +48,16 @@ def model_from_checkpoint(cfg, state: dict, source: str):
     return model
 
 
-def _ignored_for_eval() -> tuple:
-    """Evaluation only needs the architecture to agree: training-only keys may differ."""
+def _ignored_for_eval(split: str) -> tuple:
+    """Evaluation needs the architecture to agree; training-only keys may differ, except that the
+    validation split is drawn from ``seed`` and ``data.val_classes``, which must then agree too."""
     from ibc_geo.engine.checkpoint import RUNTIME_KEYS
 
-    training_only = ("seed", "deterministic", "train.", "loss.", "sampler.", "eval.", "data.val_classes",
-                     "data.random_erasing", "data.on_corrupt", "model.pretrained", "graph.k", "graph.threshold",
-                     "graph.similarity", "mpn.dropout", "mpn.attention_path")
-    return RUNTIME_KEYS + training_only
+    training_only = ("deterministic", "train.", "loss.", "sampler.", "eval.", "data.random_erasing",
+                     "data.crop_scale", "data.hflip", "data.on_corrupt", "model.pretrained", "model.channels_last",
+                     "graph.k", "graph.threshold", "graph.similarity", "mpn.dropout", "mpn.attention_path")
+    split_keys = () if split == "val" else ("seed", "data.val_classes")
+    return RUNTIME_KEYS + training_only + split_keys
 
 
 def evaluate_initial_model(cfg, split: str = "test") -> dict:
@@ -80,7 +81,7 @@ def evaluate_initial_model(cfg, split: str = "test") -> dict:
 def evaluate_checkpoint(cfg, ckpt_path: str, split: str = "test") -> dict:
     """Metrics of the checkpoint at ``ckpt_path`` on ``split`` (``test`` or ``val``), config ``cfg``."""
     state = load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(cfg, state, ckpt_path)
+    model = model_from_checkpoint(cfg, state, ckpt_path, split)
     device = resolve_device(cfg.device)
     model.to(device)
     dataset = build_dataset(cfg, split, build_transforms(cfg, train=False))

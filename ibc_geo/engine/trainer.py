@@ -83,19 +83,20 @@ class Trainer:
             if diff:
                 raise CheckpointError(f"cannot resume {last}: it was trained with another config: " + "; ".join(diff))
             return state
-        if (last.exists() or metrics.exists()) and not cfg.train.resume:
-            if not cfg.train.overwrite:
-                found = [str(p) for p in (last, metrics) if p.exists()]
-                raise RunExistsError(
-                    f"output_dir {self.out} already holds a run ({', '.join(found)}); pass `train.resume true` "
-                    f"to continue it, `train.overwrite true` to start afresh, or choose another output_dir"
-                )
-            shutil.rmtree(self.ckpt_dir, ignore_errors=True)
-            for p in [metrics, self.out / "log.txt", *self.out.glob("events.out.tfevents*")]:
-                p.unlink(missing_ok=True)
-            shutil.rmtree(self.out / "hparams", ignore_errors=True)
-        elif cfg.train.resume:
+        if (last.exists() or metrics.exists()) and not cfg.train.resume and not cfg.train.overwrite:
+            found = [str(p) for p in (last, metrics) if p.exists()]
+            raise RunExistsError(
+                f"output_dir {self.out} already holds a run ({', '.join(found)}); pass `train.resume true` "
+                f"to continue it, `train.overwrite true` to start afresh, or choose another output_dir"
+            )
+        if cfg.train.resume:
             logger.info("train.resume: no %s yet, starting afresh", last)
+        # Starting afresh: nothing of an earlier run may leak in (a stale best.pt would be reloaded
+        # by an LR drop before the first evaluation).
+        shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+        shutil.rmtree(self.out / "hparams", ignore_errors=True)
+        for p in [metrics, self.out / "log.txt", *self.out.glob("events.out.tfevents*")]:
+            p.unlink(missing_ok=True)
         return None
 
     def _build(self, resume: Optional[dict]) -> None:
@@ -112,7 +113,8 @@ class Trainer:
     def _restore(self, state: dict) -> None:
         load_model_state(self.model, state["model"], str(self.ckpt_dir / "last.pt"))
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] and self.scaler.is_enabled():  # empty when the run began without a scaler
+            self.scaler.load_state_dict(state["scaler"])
         self.model.topology.load_state_dict(state["topology"])
         self.epoch, self.drops, self.best = state["epoch"], state["drops"], state["best"]
         self.history, self.train_time = state["history"], state["train_time"]
@@ -153,7 +155,7 @@ class Trainer:
         cfg, model = self.cfg, self.model
         model.train()
         # A loader per epoch: its workers are seeded from (seed, epoch), so a resumed run draws the
-        # same augmentations as an uninterrupted one whatever data.workers is.
+        # same augmentations as an uninterrupted one (with the same data.workers).
         loader, sampler = build_train_loader(cfg, self.train_set, epoch)
         iters = len(sampler) if cfg.train.iters_per_epoch <= 0 else min(cfg.train.iters_per_epoch, len(sampler))
         sums: dict = {}
@@ -229,6 +231,7 @@ class Trainer:
         self._log_batch_pictures(writer, epoch)
         self.history.append({"epoch": epoch, **metrics})
         value = metrics[cfg.eval.metric]
+        value = -math.inf if math.isnan(value) else value  # e.g. MAP@R when no query has a positive
         if self.best is None or value > self.best["value"]:
             self.best = {"epoch": epoch, "value": value, "metrics": metrics}
             save_checkpoint(self._state(), self.ckpt_dir / "best.pt")

@@ -97,16 +97,12 @@ def _evaluate_saved(args, cfg, explicit_cfg: bool) -> tuple[dict, str, Optional[
 
 
 def default_checkpoint_output(output_dir: str, split: str) -> str:
-    """``output_dir/metrics.json``, unless that file holds a training run's record (the trainer's
-    ``metrics.json``, with a ``selection`` history): then ``output_dir/metrics_<split>.json``, so
-    that evaluating a run's checkpoint never overwrites the run's own results."""
+    """``output_dir/metrics.json``, unless ``output_dir`` holds a training run (its ``checkpoints/``
+    or its own ``metrics.json``): then ``output_dir/metrics_<split>.json``. The trainer's
+    ``metrics.json`` marks a finished run, so evaluating a run's checkpoint never writes it."""
     path = os.path.join(output_dir, "metrics.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            is_training_record = "selection" in json.load(f)
-    except (OSError, ValueError):
-        is_training_record = False
-    return os.path.join(output_dir, f"metrics_{split}.json") if is_training_record else path
+    holds_run = os.path.isdir(os.path.join(output_dir, "checkpoints")) or os.path.exists(path)
+    return os.path.join(output_dir, f"metrics_{split}.json") if holds_run else path
 
 
 def _evaluate_checkpoint(args, cfg) -> tuple[dict, str, Optional[str]]:
@@ -114,7 +110,7 @@ def _evaluate_checkpoint(args, cfg) -> tuple[dict, str, Optional[str]]:
 
     if args.init:
         metrics = evaluate_initial_model(cfg, args.split or "test")
-        out = args.out or os.path.join(cfg.output_dir, "metrics_init.json")
+        out = args.out or os.path.join(cfg.output_dir, f"metrics_init_{args.split or 'test'}.json")
         return metrics, out, cfg.data.name
     metrics = evaluate_checkpoint(cfg, args.ckpt, args.split or "test")
     out = args.out or default_checkpoint_output(cfg.output_dir, args.split or "test")

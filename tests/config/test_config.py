@@ -19,6 +19,11 @@ def write(path, data):
     return str(path)
 
 
+def test_the_defaults_pass_their_own_checks():
+    cfg = load_config()
+    assert cfg.eval.selection == "val" and cfg.data.val_classes > 0
+
+
 def test_defaults_are_the_schema():
     cfg = default_config()
     assert cfg.model.backbone == "resnet50" and cfg.graph.topology == "full"
@@ -91,6 +96,11 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
     (["graph.topology", "knn", "graph.k", "54"], "graph.k"),
     (["mpn.num_heads", "5"], "divide"),
     (["model.pretrained", "/no/such/weights.pth"], "/no/such/weights.pth"),
+    (["train.log_every", "0"], ">= 1"),
+    (["eval.batch_size", "0"], ">= 1"),
+    (["eval.chunk_size", "0"], ">= 1"),
+    (["data.workers", "-1"], ">= 0"),
+    (["train.lr_drop_factor", "0"], "(0, 1]"),
 ])
 def test_bad_values_name_key_value_and_allowed(override, fragment):
     with pytest.raises(ConfigError) as e:

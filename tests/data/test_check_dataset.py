@@ -58,7 +58,7 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert bad.returncode == 1 and "dataset root (data.root) not found" in bad.stdout
     assert "images.txt" in bad.stdout
     root = fixtures.make_imagefolder(str(tmp_path))
-    assert main(["data.name", "imagefolder", "data.root", root, "eval.selection", "test"]) == 0
+    assert main(["data.name", "imagefolder", "data.root", root, "eval.selection", "test", "data.val_classes", "0"]) == 0
     assert "OK" in capsys.readouterr().out
     with pytest.raises(SystemExit) as e:
         main(["data.nme", "cub"])
