@@ -55,3 +55,13 @@ def test_eval_checkpoint_of_another_architecture_is_a_message(tmp_path):
     assert tool("train.py", *base).returncode == 0
     r = tool("eval.py", *base, "model.embedding_dim", "64", "--ckpt", os.path.join(out, "checkpoints", "last.pt"))
     assert r.returncode == 2 and "model.embedding_dim" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_eval_default_output_never_marks_a_run_finished(tmp_path):
+    from ibc_geo.evaluation.cli import default_checkpoint_output
+
+    empty = tmp_path / "fresh"
+    assert default_checkpoint_output(str(empty), "test") == str(empty / "metrics.json")
+    killed = tmp_path / "killed"  # an interrupted run: checkpoints, no metrics.json yet
+    (killed / "checkpoints").mkdir(parents=True)
+    assert default_checkpoint_output(str(killed), "val") == str(killed / "metrics_val.json")
