@@ -1,6 +1,6 @@
 """The one schema of every option: its type, its default and a one-line comment.
 
-Defaults here are the paper's CUB-200-2011 settings (../shared/METHOD.md §4) unless a comment
+Defaults here are the paper's CUB-200-2011 settings (docs/METHOD.md §4) unless a comment
 says otherwise. YAML files in ``configs/`` overlay these, and ``KEY VALUE`` pairs on the command
 line overlay the YAML. ``ibc_geo.config.loader`` does the merging and checks the invariants.
 """
