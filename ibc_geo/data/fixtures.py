@@ -277,7 +277,7 @@ def inshop_full_counts() -> tuple:
 def make_inshop(root: str, num_classes: int = 4, images_per_class: Counts = 4, image_size: int = 16,
                 full: bool = False, images: str = None) -> str:
     """``root/In-shop Clothes Retrieval Benchmark`` with Eval/list_eval_partition.txt and
-    ``Img/img/<GENDER>/<category>/id_XXXXXXXX/NN_k_view.jpg``. Small mode: the first half of the
+    ``Img/img/<GENDER>/<category>/id_<8 digits>/<NN>_<k>_<view>.jpg``. Small mode: the first half of the
     items are training items; each test item's images alternate query, gallery (so it needs >= 2)."""
     folder = os.path.join(root, "In-shop Clothes Retrieval Benchmark")
     if full:
@@ -315,7 +315,7 @@ def make_inshop(root: str, num_classes: int = 4, images_per_class: Counts = 4, i
 
 def make_imagefolder(root: str, num_classes: int = 4, images_per_class: Counts = 3, image_size: int = 16,
                      val_classes: int = 0) -> str:
-    """``root/imagefolder/{train,test}/class_XXX/NNN.jpg``: the first half of the classes in train/,
+    """``root/imagefolder/{train,test}/class_<3 digits>/<3 digits>.jpg``: the first half of the classes in train/,
     the rest in test/; with ``val_classes`` > 0 that many more classes in ``val/``."""
     folder = os.path.join(root, "imagefolder")
     counts = _per_class(images_per_class, num_classes + val_classes)
