@@ -24,8 +24,8 @@ CHOICES = {
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # dataset: cub | cars | sop | inshop | imagefolder | digits
-    root: str = ""  # folder the dataset unpacks to (see datasets/README.md); unused by digits
+    name: str = "digits"  # dataset: cub | cars | sop | inshop | imagefolder | digits | noisy_digits
+    root: str = ""  # folder the dataset unpacks to (see datasets/README.md); unused by digits, noisy_digits
     image_size: int = 227  # training crop and test centre-crop side (paper: 227)
     resize_size: int = 0  # test-time resize before the centre crop; 0 = image_size * 256 / 227
     workers: int = 4  # DataLoader worker processes (0 = load in the main process)

@@ -1,4 +1,5 @@
 """Dataset loaders: counts of METHOD.md §3 on full-count fixtures, splits, bad input."""
+import math
 import os
 import shutil
 
@@ -23,7 +24,7 @@ MAKERS = {"cub": fixtures.make_cub, "cars": fixtures.make_cars, "sop": fixtures.
 
 
 def test_every_dataset_registered():
-    assert DATASETS.names() == ["cars", "cub", "digits", "imagefolder", "inshop", "sop"]
+    assert DATASETS.names() == ["cars", "cub", "digits", "imagefolder", "inshop", "noisy_digits", "sop"]
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +102,59 @@ def test_digits_builtin():
     assert train.class_ids == [0, 1, 2, 3, 4] and test.class_ids == [5, 6, 7, 8, 9]
     assert len(train) + len(test) == 1797 and train.paths[0].startswith("digits[")
     assert train[0][0].shape == (3, 16, 16)
+
+
+def test_noisy_digits_builtin():
+    cfg = make_cfg("noisy_digits")
+    train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test")
+    assert train.class_ids == [0, 1, 2, 3, 4] and test.class_ids == [5, 6, 7, 8, 9]
+    # Every training digit in 4 noise draws, every test digit once: 901 and 896 digits.
+    assert (len(train), len(test)) == (4 * 901, 896)
+    assert train.paths[0] == "noisy_digits[0]#0" and train.paths[-1].endswith("#3")
+    assert len(set(train.paths)) == len(train)
+    assert train[0][0].shape == (3, 16, 16) and train.images.shape[1:] == (40, 40, 3)
+    assert np.bincount(train.labels).tolist() == [4 * n for n in (178, 182, 177, 183, 181)]
+
+
+def test_noisy_digits_are_the_digits_under_the_stated_noise():
+    from ibc_geo.data.datasets import digits as d
+
+    images, labels, source = d.noisy_digit_splits()["train"]
+    clean, clean_labels = d.load_digit_images(d.NOISY_DIGIT_SIZE)
+    assert (labels == clean_labels[source]).all()
+    x = images.astype(np.float64) / 255.0
+    # The border is black before the noise: clip(N(0, 0.7^2), 0, 1) there.
+    border = x[:, :5].ravel()
+    p_zero, p_one = 0.5, 0.5 * math.erfc(1.0 / (d.NOISE_STD * math.sqrt(2.0)))
+    assert abs((border == 0).mean() - p_zero) < 0.01 and abs((border == 1).mean() - p_one) < 0.01
+    # Averaging the 4 draws of a digit brings it closer to the clean digit than any single draw.
+    n = len(np.unique(source))
+    draws = x.reshape(d.NOISY_TRAIN_COPIES, n, 40, 40, 3).mean(-1)[:, :, 6:34, 6:34]
+    target = clean[source[:n]].astype(np.float64) / 255.0
+    corr_one = np.corrcoef(draws[0].ravel(), target.ravel())[0, 1]
+    corr_mean = np.corrcoef(draws.mean(0).ravel(), target.ravel())[0, 1]
+    assert 0.3 < corr_one < corr_mean - 0.1, (corr_one, corr_mean)
+    # Noise independent across draws and channels: uncorrelated on the (black) border.
+    first, second = x[:n, :5], x[n:2 * n, :5]
+    assert abs(np.corrcoef(first[..., 0].ravel(), second[..., 0].ravel())[0, 1]) < 0.02
+    assert abs(np.corrcoef(first[..., 0].ravel(), first[..., 1].ravel())[0, 1]) < 0.02
+
+
+def test_noisy_digits_fixed_whatever_the_seed():
+    from ibc_geo.data.datasets import digits as d
+
+    first = build_dataset(make_cfg("noisy_digits", "", "seed", 0), "test")
+    d.noisy_digit_splits.cache_clear()
+    second = build_dataset(make_cfg("noisy_digits", "", "seed", 5), "test")
+    assert second.images is not first.images and np.array_equal(second.images, first.images)
+
+
+def test_add_noise_without_noise_is_the_clean_image():
+    from ibc_geo.data.datasets.digits import add_noise
+
+    clean = np.random.default_rng(0).integers(0, 256, (2, 5, 5), dtype=np.uint8)
+    out = add_noise(clean, 0.0, np.random.default_rng(1))
+    assert out.shape == (2, 5, 5, 3) and (out == clean[..., None]).all()
 
 
 def test_validation_split_disjoint_and_deterministic(tmp_path):

@@ -5,6 +5,6 @@ from ibc_geo.data.datasets.cars import Cars
 from ibc_geo.data.datasets.sop import SOP
 from ibc_geo.data.datasets.inshop import InShop
 from ibc_geo.data.datasets.imagefolder import ImageFolder
-from ibc_geo.data.datasets.digits import Digits
+from ibc_geo.data.datasets.digits import Digits, NoisyDigits
 
-__all__ = ["DatasetFormat", "CUB", "Cars", "SOP", "InShop", "ImageFolder", "Digits"]
+__all__ = ["DatasetFormat", "CUB", "Cars", "SOP", "InShop", "ImageFolder", "Digits", "NoisyDigits"]
