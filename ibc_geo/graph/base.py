@@ -9,7 +9,9 @@ and, optionally, the labels ``y``) into a graph, in the style of
   source;
 * ``edge_attr`` of shape ``(E,)``: :math:`\mathrm{relu}(S_{ij})`, the similarity of the two
   endpoints (see :mod:`ibc_geo.graph.similarity`);
-* ``x``, ``y`` and every other attribute are kept (the input ``Data`` is shallow-copied).
+* ``x``, ``y`` and every other attribute are kept (the input ``Data`` is shallow-copied);
+* a PyG mini-batch of several graphs (``data.batch`` set, e.g. a
+  :class:`~torch_geometric.data.Batch`) gets one graph per graph id, no edge between two.
 
 Construction runs under :func:`torch.no_grad` on a dense ``B x B`` similarity, so graph building
 never enters the autograd graph. Adding a topology is one new class::
@@ -25,7 +27,7 @@ and ``build_topology_from_config(cfg)`` are the entry points.
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, Callable, Dict, Optional, Type, TypeVar
+from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar
 
 import torch
 from torch import Tensor
@@ -113,13 +115,33 @@ class Topology(BaseTransform):
                 f"topology {self.name!r} needs labels (data.y) to build the graph; it is a "
                 "training-time oracle and cannot run without them"
             )
+        batch = getattr(data, "batch", None)
         with torch.no_grad():
-            sim = pairwise_similarity(x.detach(), self.similarity)
-            mask = self.select(sim, y)
-            edge_index = edges_from_mask(mask)
-            data.edge_index = edge_index
-            data.edge_attr = sim[edge_index[1], edge_index[0]].clamp_min(0)
+            if batch is None:
+                data.edge_index, data.edge_attr = self._graph(x.detach(), y)
+            else:
+                data.edge_index, data.edge_attr = self._graphs_of_batch(x.detach(), y, batch)
         return data
+
+    def _graph(self, x: Tensor, y: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """``edge_index`` and ``edge_attr`` of the one graph on the nodes ``x``."""
+        sim = pairwise_similarity(x, self.similarity)
+        edge_index = edges_from_mask(self.select(sim, y))
+        return edge_index, sim[edge_index[1], edge_index[0]].clamp_min(0)
+
+    def _graphs_of_batch(self, x: Tensor, y: Optional[Tensor], batch: Tensor) -> Tuple[Tensor, Tensor]:
+        """A PyG mini-batch of several graphs (``data.batch`` set, as in a
+        :class:`~torch_geometric.data.Batch`): one graph per graph id, never an edge between two,
+        as ``torch_geometric.transforms.KNNGraph`` does. Edges ordered by target, then source."""
+        edge_indices, edge_attrs = [], []
+        for graph_id in torch.unique(batch):
+            nodes = (batch == graph_id).nonzero(as_tuple=True)[0]
+            edge_index, edge_attr = self._graph(x[nodes], None if y is None else y[nodes])
+            edge_indices.append(nodes[edge_index])
+            edge_attrs.append(edge_attr)
+        edge_index, edge_attr = torch.cat(edge_indices, dim=1), torch.cat(edge_attrs)
+        order = torch.argsort(edge_index[1] * x.size(0) + edge_index[0])
+        return edge_index[:, order], edge_attr[order]
 
     # A topology with a random generator overrides these two so that a run resumes exactly.
     def state_dict(self) -> Dict[str, Any]:

@@ -249,3 +249,34 @@ def test_adding_a_topology_is_one_class():
         assert edge_set(ei) == {(1, 0), (2, 1), (3, 2), (0, 3)}
     finally:
         TOPOLOGIES._items.pop("test_ring")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_pyg_batch_of_graphs_gets_one_graph_each(name):
+    from torch_geometric.data import Batch
+
+    graphs = [batch(B=B, seed=s) for s, B in enumerate((5, 7, 4))]
+    out = make(name)(Batch.from_data_list(graphs))
+    # The same as each graph alone, node ids offset; a fresh topology for the alone runs so that
+    # the random one draws the same sequence of graphs.
+    alone = make(name)
+    expected_edges, expected_weights, offset = [], [], 0
+    for g in graphs:
+        single = alone(g)
+        expected_edges.append(single.edge_index + offset)
+        expected_weights.append(single.edge_attr)
+        offset += g.num_nodes
+    expected = torch.cat(expected_edges, dim=1)
+    assert torch.equal(out.edge_index, expected)  # graphs in order, each ordered by target, source
+    assert torch.allclose(out.edge_attr, torch.cat(expected_weights), atol=1e-6)
+    ei = out.edge_index
+    assert torch.equal(out.batch[ei[0]], out.batch[ei[1]])  # no edge between two graphs
+
+
+def test_pyg_batch_with_interleaved_graph_ids():
+    x = torch.randn(6, 4)
+    batch_vector = torch.tensor([0, 1, 0, 1, 0, 1])
+    out = build_topology("full")(Data(x=x, batch=batch_vector))
+    assert edge_set(out.edge_index) == {(j, i) for i in range(6) for j in range(6) if (i - j) % 2 == 0}
+    key = out.edge_index[1] * 6 + out.edge_index[0]
+    assert torch.equal(key, key.sort().values)
