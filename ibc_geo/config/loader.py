@@ -181,8 +181,9 @@ def check_config(cfg: DictConfig) -> None:
             fail(key, value, "must be in [0, 1)")
     if cfg.loss.temperature <= 0:
         fail("loss.temperature", cfg.loss.temperature, "must be > 0")
-    if cfg.loss.backbone_weight < 0 or cfg.loss.mpn_weight < 0:
-        fail("loss.mpn_weight", (cfg.loss.backbone_weight, cfg.loss.mpn_weight), "weights must be >= 0")
+    for key in ("loss.backbone_weight", "loss.mpn_weight"):
+        if OmegaConf.select(cfg, key) < 0:
+            fail(key, OmegaConf.select(cfg, key), "must be >= 0")
     if cfg.train.epochs < 1:
         fail("train.epochs", cfg.train.epochs, "must be >= 1")
     if cfg.train.lr <= 0:

@@ -95,7 +95,9 @@ class Trainer:
         # by an LR drop before the first evaluation).
         shutil.rmtree(self.ckpt_dir, ignore_errors=True)
         shutil.rmtree(self.out / "hparams", ignore_errors=True)
-        for p in [metrics, self.out / "log.txt", *self.out.glob("events.out.tfevents*")]:
+        # metrics_*.json: tools/eval.py's evaluations of the earlier run (and its --init baseline).
+        for p in [metrics, self.out / "log.txt", *self.out.glob("events.out.tfevents*"),
+                  *self.out.glob("metrics_*.json")]:
             p.unlink(missing_ok=True)
         return None
 
@@ -171,9 +173,11 @@ class Trainer:
             values = {name: float(t.detach()) for name, t in terms.items()}
             for name, value in values.items():
                 if not math.isfinite(value):
+                    last = self.ckpt_dir / "last.pt"
+                    kept = (f"{last} (epoch {self.epoch}) is kept intact" if last.exists()
+                            else "no checkpoint was written yet (it stopped in the first epoch)")
                     raise NonFiniteLossError(
-                        f"loss term {name!r} is {value} at epoch {epoch}, iteration {it + 1}; stopping. "
-                        f"{self.ckpt_dir / 'last.pt'} (epoch {self.epoch}) is kept intact"
+                        f"loss term {name!r} is {value} at epoch {epoch}, iteration {it + 1}; stopping. {kept}"
                     )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(terms["total"]).backward()
@@ -287,10 +291,14 @@ class Trainer:
         """Evaluate the selected checkpoint once on the test split; write metrics.json and hparams."""
         cfg = self.cfg
         best = self.ckpt_dir / "best.pt"
-        if best.exists():
-            load_model_state(self.model, load_checkpoint(best)["model"], str(best))
-        test_set = build_dataset(cfg, "test", build_transforms(cfg, train=False))
-        test = evaluate_model(cfg, self.model, test_set, self.device)
+        if cfg.eval.selection == "test" and self.best is not None and self.best.get("metrics"):
+            # Selected on the test split: best.pt's test metrics are already known, exactly.
+            test = dict(self.best["metrics"])
+        else:
+            if best.exists():
+                load_model_state(self.model, load_checkpoint(best)["model"], str(best))
+            test_set = build_dataset(cfg, "test", build_transforms(cfg, train=False))
+            test = evaluate_model(cfg, self.model, test_set, self.device)
         for key, value in test.items():
             if key.startswith(FRACTION_METRICS):
                 writer.add_scalar(f"test/{key}", value, self.epoch)

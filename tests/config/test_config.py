@@ -101,6 +101,8 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
     (["eval.chunk_size", "0"], ">= 1"),
     (["data.workers", "-1"], ">= 0"),
     (["train.lr_drop_factor", "0"], "(0, 1]"),
+    (["loss.backbone_weight", "-1"], "'loss.backbone_weight': -1.0; must be >= 0"),
+    (["loss.mpn_weight", "-0.5"], "'loss.mpn_weight': -0.5; must be >= 0"),
 ])
 def test_bad_values_name_key_value_and_allowed(override, fragment):
     with pytest.raises(ConfigError) as e:

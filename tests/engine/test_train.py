@@ -82,6 +82,24 @@ def test_nan_loss_stops_with_epoch_iteration_and_term(tiny_cfg, monkeypatch):
     message = str(e.value)
     assert "'mpn'" in message and "epoch 2" in message and "iteration 1" in message
     assert load_checkpoint(last)["epoch"] == 1  # intact, readable, from the last finished epoch
+    assert f"{last} (epoch 1) is kept intact" in message
+
+
+def test_nan_loss_in_the_first_epoch_names_no_checkpoint(tiny_cfg, monkeypatch):
+    cfg = tiny_cfg("train.epochs", "1")
+    original = trainer_module.IntraBatchLoss.forward
+
+    def nan(self, labels, backbone_logits, mpn_logits=None):
+        terms = original(self, labels, backbone_logits, mpn_logits)
+        terms["backbone"] = terms["backbone"] * float("inf")
+        return terms
+
+    monkeypatch.setattr(trainer_module.IntraBatchLoss, "forward", nan)
+    with pytest.raises(NonFiniteLossError) as e:
+        train(cfg)
+    assert "'backbone' is inf at epoch 1, iteration 1" in str(e.value)
+    assert "no checkpoint was written yet" in str(e.value) and "last.pt" not in str(e.value)
+    assert not os.path.exists(os.path.join(cfg.output_dir, "checkpoints", "last.pt"))
 
 
 def test_lr_drop_reloads_the_best_checkpoint(tiny_cfg, monkeypatch):
@@ -129,13 +147,40 @@ def test_val_selection_reads_the_test_split_only_at_the_end(tiny_cfg, monkeypatc
     assert set(calls[1:-1]) == {"val"}
 
 
+def test_test_selection_reuses_the_best_evaluation_exactly(tiny_cfg, monkeypatch):
+    splits = []
+    real = trainer_module.evaluate_model
+
+    def record(cfg_, model, dataset, device):
+        splits.append(dataset.split)
+        return real(cfg_, model, dataset, device)
+
+    monkeypatch.setattr(trainer_module, "evaluate_model", record)
+    cfg = tiny_cfg("train.epochs", "2", "eval.every", "1", "eval.selection", "test", "data.val_classes", "0")
+    result = train(cfg)
+    assert splits == ["test", "test"]  # one per evaluation, none again at the end
+    best = result["selection"]["best_epoch"]
+    chosen = next(h for h in result["selection"]["history"] if h["epoch"] == best)
+    assert result["test"] == {k: v for k, v in chosen.items() if k != "epoch"}
+    again = evaluate_checkpoint(cfg, os.path.join(cfg.output_dir, "checkpoints", "best.pt"), "test")
+    assert all(again[k] == result["test"][k] for k in ("recall@1", "recall@2", "map@r", "nmi"))
+
+
 def test_refuses_a_finished_run_unless_resume_or_overwrite(tiny_cfg):
     cfg = tiny_cfg("train.epochs", "1")
     train(cfg)
     with pytest.raises(RunExistsError, match="train.resume"):
         train(cfg)
+    stale = [os.path.join(cfg.output_dir, name) for name in ("metrics_test.json", "metrics_init_test.json")]
+    for path in stale:  # what tools/eval.py writes beside a run
+        with open(path, "w") as f:
+            f.write("{}")
+    keep = os.path.join(cfg.output_dir, "notes.txt")
+    with open(keep, "w") as f:
+        f.write("mine")
     result = train(tiny_cfg("train.epochs", "1", "train.overwrite", "true"))
     assert result["epochs"] == 1
+    assert not any(os.path.exists(p) for p in stale) and os.path.exists(keep)
 
 
 def test_resume_with_another_config_lists_the_keys(tiny_cfg):
