@@ -31,10 +31,13 @@ def distributed_rank() -> tuple[int, int]:
 
 
 def _loader_options(cfg) -> dict:
+    # A training loader lives for one epoch, its workers seeded from (seed, epoch): that is what
+    # makes a resumed run exact for any data.workers. Persistent workers would carry their RNG
+    # state across epochs (and a resumed run could not rebuild it), so workers start once an epoch.
     workers = int(cfg.data.workers)
     return dict(
         num_workers=workers,
-        persistent_workers=workers > 0,
+        persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=seed_worker,
     )

@@ -34,11 +34,14 @@ def test_one_run_writes_every_output(tiny_cfg):
     assert lines[0].startswith("epoch 1/2") and lines[-1].startswith("test")
 
 
-def test_resume_after_a_kill_reaches_the_same_weights(tiny_cfg, monkeypatch):
-    full = tiny_cfg("train.epochs", "3", "train.lr_drop_epochs", "[3]", out="full")
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_resume_after_a_kill_reaches_the_same_weights(tiny_cfg, monkeypatch, workers):
+    # With workers, each epoch's loader seeds them from (seed, epoch): the resumed run rebuilds them.
+    common = ("train.epochs", "3", "train.lr_drop_epochs", "[3]", "data.workers", workers)
+    full = tiny_cfg(*common, out="full")
     train(full)
 
-    killed = tiny_cfg("train.epochs", "3", "train.lr_drop_epochs", "[3]", out="killed")
+    killed = tiny_cfg(*common, out="killed")
     original = trainer_module.Trainer._train_epoch
 
     def die_in_epoch_2(self, epoch, writer):
@@ -52,7 +55,7 @@ def test_resume_after_a_kill_reaches_the_same_weights(tiny_cfg, monkeypatch):
     monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", original)
     assert load_checkpoint(os.path.join(killed.output_dir, "checkpoints", "last.pt"))["epoch"] == 1
 
-    resumed = tiny_cfg("train.epochs", "3", "train.lr_drop_epochs", "[3]", "train.resume", "true", out="killed")
+    resumed = tiny_cfg(*common, "train.resume", "true", out="killed")
     result = train(resumed)
     a = load_checkpoint(os.path.join(full.output_dir, "checkpoints", "last.pt"))
     b = load_checkpoint(os.path.join(resumed.output_dir, "checkpoints", "last.pt"))
