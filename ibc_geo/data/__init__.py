@@ -8,7 +8,7 @@ from ibc_geo.data.errors import DatasetError
 from ibc_geo.data.split import Split, hold_out_classes
 from ibc_geo.data.dataset import RetrievalDataset
 from ibc_geo.data.transforms import build_transforms, eval_transforms, train_transforms
-from ibc_geo.data.sampler import PKSampler
+from ibc_geo.data.sampler import PKSampler, SeededBatches
 from ibc_geo.data.build import build_dataset
 from ibc_geo.data.loaders import build_eval_loader, build_train_loader
 
@@ -17,6 +17,7 @@ __all__ = [
     "DatasetError",
     "PKSampler",
     "RetrievalDataset",
+    "SeededBatches",
     "Split",
     "build_dataset",
     "build_eval_loader",

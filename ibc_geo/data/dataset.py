@@ -166,7 +166,12 @@ class RetrievalDataset(torch.utils.data.Dataset):
         pos = int(np.searchsorted(members, index))
         return np.concatenate([members[pos + 1:], members[:pos]])
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        """``(image, label, index)`` of ``key``: an index, or ``(index, sample_seed)`` (what
+        :class:`~ibc_geo.data.sampler.SeededBatches` yields), which runs the transform on torch's RNG
+        seeded with ``sample_seed`` and restores the RNG afterwards: the augmentation of a sample is
+        then a function of its seed alone, whichever process or worker loads it."""
+        index, sample_seed = (key if isinstance(key, tuple) else (key, None))
         index = int(index)
         img = self._try_load(index)
         if img is None:
@@ -180,5 +185,10 @@ class RetrievalDataset(torch.utils.data.Dataset):
                     f"is unreadable (e.g. {self.paths[index]}); run tools/check_dataset.py"
                 )
         if self.transform is not None:
-            img = self.transform(img)
+            if sample_seed is None:
+                img = self.transform(img)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(int(sample_seed))
+                    img = self.transform(img)
         return img, int(self.labels[index]), index

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ibc_geo.data.sampler import PKSampler
+from ibc_geo.data.sampler import PKSampler, SeededBatches
 
 
 def seed_worker(worker_id: int) -> None:
@@ -30,14 +30,11 @@ def distributed_rank() -> tuple[int, int]:
     return 0, 1
 
 
-def _loader_options(cfg) -> dict:
-    # A training loader lives for one epoch, its workers seeded from (seed, epoch): that is what
-    # makes a resumed run exact for any data.workers. Persistent workers would carry their RNG
-    # state across epochs (and a resumed run could not rebuild it), so workers start once an epoch.
+def _loader_options(cfg, persistent: bool) -> dict:
     workers = int(cfg.data.workers)
     return dict(
         num_workers=workers,
-        persistent_workers=False,
+        persistent_workers=persistent and workers > 0,
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=seed_worker,
     )
@@ -46,21 +43,23 @@ def _loader_options(cfg) -> dict:
 def build_train_loader(cfg, dataset, epoch: int = 0) -> tuple[DataLoader, PKSampler]:
     """PK batches of ``dataset`` (``sampler.classes_per_batch`` x ``sampler.samples_per_class``).
 
-    The sampler is set to ``epoch``; call ``sampler.set_epoch(e)`` before each later epoch. Worker
-    seeds come from a generator seeded by (``seed``, ``epoch``). With ``data.workers`` 0 the
-    augmentation draws from the main process's torch RNG (the trainer seeds it).
+    Build it once: call ``sampler.set_epoch(e)`` before iterating epoch ``e`` (set to ``epoch``
+    here); workers persist across epochs. Each sample is augmented on its own seed
+    (:class:`~ibc_geo.data.sampler.SeededBatches`), so an epoch's images are a function of
+    (``seed``, epoch) alone: the same for any ``data.workers``, and for a resumed run.
     Under torch.distributed each rank gets disjoint batches.
     """
     rank, world_size = distributed_rank()
     sampler = PKSampler(dataset.labels, cfg.sampler.classes_per_batch, cfg.sampler.samples_per_class,
                         seed=cfg.seed, rank=rank, world_size=world_size)
     sampler.set_epoch(epoch)
-    loader = DataLoader(dataset, batch_sampler=sampler, generator=loader_generator(cfg.seed, epoch),
-                        **_loader_options(cfg))
+    loader = DataLoader(dataset, batch_sampler=SeededBatches(sampler, cfg.seed),
+                        generator=loader_generator(cfg.seed, epoch), **_loader_options(cfg, persistent=True))
     return loader, sampler
 
 
 def build_eval_loader(cfg, dataset) -> DataLoader:
-    """``dataset`` in order, ``eval.batch_size`` images per batch, the last batch kept."""
+    """``dataset`` in order, ``eval.batch_size`` images per batch, the last batch kept (one pass:
+    its workers do not persist)."""
     return DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, drop_last=False,
-                      generator=loader_generator(cfg.seed), **_loader_options(cfg))
+                      generator=loader_generator(cfg.seed), **_loader_options(cfg, persistent=False))

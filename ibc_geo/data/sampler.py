@@ -144,3 +144,33 @@ class PKSampler(torch.utils.data.Sampler):
 
     def __iter__(self) -> Iterator[List[int]]:
         return iter(self.batches())
+
+
+class SeededBatches(torch.utils.data.Sampler):
+    r"""The batches of a :class:`PKSampler`, each index paired with a seed for its augmentation.
+
+    Yields lists of ``(index, sample_seed)``; :class:`~ibc_geo.data.RetrievalDataset` runs the
+    transform of that sample on torch's RNG seeded with ``sample_seed``. The seeds are a function of
+    ``(seed, epoch, rank)`` and the position in the epoch
+    (``numpy.random.default_rng([seed, epoch, rank, 1])``), so an epoch's augmented images do not
+    depend on which worker loads them, how many workers there are, or whether they persist across
+    epochs: a resumed run, or one with another ``data.workers``, sees the same images.
+
+    Args:
+        batch_sampler: the :class:`PKSampler` that picks the indices; call its ``set_epoch``.
+        seed: the base seed (default: ``0``).
+    """
+
+    def __init__(self, batch_sampler: PKSampler, seed: int = 0):
+        self.batch_sampler = batch_sampler
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[List[tuple]]:
+        sampler = self.batch_sampler
+        batches = sampler.batches()
+        rng = np.random.default_rng([self.seed, sampler.epoch, sampler.rank, 1])
+        seeds = rng.integers(0, 2**63 - 1, size=(len(batches), sampler.batch_size)).tolist()
+        return iter([list(zip(batch, batch_seeds)) for batch, batch_seeds in zip(batches, seeds)])

@@ -73,6 +73,7 @@ class Trainer:
         self.train_time = 0.0
         self._selection_dataset = None
         self._last_batch = None
+        self._train_loader = None  # (DataLoader, PKSampler), built at the first epoch
 
     # ----------------------------------------------------------------------------------- set-up
     def _prepare_output_dir(self) -> Optional[dict]:
@@ -156,9 +157,12 @@ class Trainer:
     def _train_epoch(self, epoch: int, writer: SummaryWriter) -> dict:
         cfg, model = self.cfg, self.model
         model.train()
-        # A loader per epoch: its workers are seeded from (seed, epoch), so a resumed run draws the
-        # same augmentations as an uninterrupted one (with the same data.workers).
-        loader, sampler = build_train_loader(cfg, self.train_set, epoch)
+        # One loader for the run, its workers persistent; every sample is augmented on a seed drawn
+        # from (seed, epoch), so a resumed run sees the same images as an uninterrupted one.
+        if self._train_loader is None:
+            self._train_loader = build_train_loader(cfg, self.train_set, epoch)
+        loader, sampler = self._train_loader
+        sampler.set_epoch(epoch)
         iters = len(sampler) if cfg.train.iters_per_epoch <= 0 else min(cfg.train.iters_per_epoch, len(sampler))
         sums: dict = {}
         autocast = (torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext())
@@ -271,6 +275,7 @@ class Trainer:
             result = self._finish(writer)
         finally:
             writer.close()
+            self._train_loader = None  # lets its persistent workers shut down
         return result
 
     def _log_epoch(self, epoch: int, losses: dict, metrics: Optional[dict]) -> None:

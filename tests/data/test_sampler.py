@@ -110,3 +110,68 @@ def test_train_and_eval_loaders(tmp_path):
     batches = list(build_eval_loader(cfg, test))
     assert [len(b[1]) for b in batches] == [7, 7, 6]
     assert torch.cat([b[2] for b in batches]).tolist() == list(range(20))
+
+
+def test_seeded_batches_pair_the_pk_batches_with_per_epoch_seeds():
+    from ibc_geo.data import SeededBatches
+
+    sampler = PKSampler(LABELS, P, K, seed=3)
+    seeded = SeededBatches(sampler, seed=3)
+    sampler.set_epoch(1)
+    first = list(seeded)
+    assert len(seeded) == len(sampler) and [[i for i, _ in b] for b in first] == list(sampler)
+    seeds = [s for b in first for _, s in b]
+    assert len(set(seeds)) == len(seeds)  # one seed per sample slot
+    assert list(SeededBatches(sampler, seed=3)) == first  # a function of (seed, epoch)
+    sampler.set_epoch(2)
+    assert not set(seeds) & {s for b in seeded for _, s in b}
+    other_rank = PKSampler(LABELS, P, K, seed=3, rank=1, world_size=2)
+    other_rank.set_epoch(1)
+    assert not set(seeds) & {s for b in SeededBatches(other_rank, seed=3) for _, s in b}
+
+
+def test_sample_seed_fixes_the_augmentation_and_leaves_the_global_rng(tmp_path):
+    root = fixtures.make_cub(str(tmp_path), num_classes=4, images_per_class=3)
+    train = build_dataset(fixtures.fixture_config("cub", root, "data.random_erasing", 0.5), "train")
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    a, b, c = train[(2, 123)][0], train[(2, 123)][0], train[(2, 124)][0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert not torch.equal(train[2][0], train[2][0])  # a plain index draws from the global RNG
+
+
+def _epochs(cfg, train, epochs, reuse, stop_early=False):
+    """The batches of ``epochs``: one loader reused (``sampler.set_epoch``), or a fresh one each;
+    ``stop_early`` leaves the first epoch after two batches."""
+    out, built = [], None
+    for epoch in epochs:
+        if built is None or not reuse:
+            built = build_train_loader(cfg, train, epoch=epoch)
+        loader, sampler = built
+        sampler.set_epoch(epoch)
+        batches = []
+        for i, batch in enumerate(loader):
+            batches.append(batch)
+            if stop_early and epoch == epochs[0] and i == 1:  # like train.iters_per_epoch: left unfinished
+                break
+        out.append(batches)
+    return out
+
+
+def test_epoch_images_do_not_depend_on_workers_or_on_persistent_loaders(tmp_path):
+    root = fixtures.make_cub(str(tmp_path), num_classes=8, images_per_class=5)
+
+    def cfg(workers):
+        return fixtures.fixture_config("cub", root, "sampler.classes_per_batch", 2, "sampler.samples_per_class", 3,
+                                       "data.workers", workers, "data.random_erasing", 0.5, "seed", 4)
+
+    train = build_dataset(cfg(0), "train")
+    reference = _epochs(cfg(0), train, [1, 2], reuse=False)
+    persistent = _epochs(cfg(2), train, [1, 2], reuse=True, stop_early=True)
+    loader, _ = build_train_loader(cfg(2), train)
+    assert loader.persistent_workers and not build_eval_loader(cfg(2), train).persistent_workers
+    for ref_epoch, got_epoch, n in zip(reference, persistent, (2, None)):
+        for (x1, y1, i1), (x2, y2, i2) in zip(ref_epoch[:n], got_epoch):
+            assert torch.equal(i1, i2) and torch.equal(y1, y2) and torch.equal(x1, x2)
+    assert len(persistent[1]) == len(reference[1])

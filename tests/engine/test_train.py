@@ -66,6 +66,18 @@ def test_resume_after_a_kill_reaches_the_same_weights(tiny_cfg, monkeypatch, wor
         assert json.load(f)["test"] == result["test"]
 
 
+def test_same_weights_with_any_number_of_workers(tiny_cfg):
+    # Every sample is augmented on its own seed: the workers (persistent across the epochs) do not
+    # change what the model sees.
+    runs = []
+    for workers in ("0", "2"):
+        cfg = tiny_cfg("train.epochs", "2", "data.workers", workers, "data.random_erasing", "0.5",
+                       out=f"workers{workers}")
+        train(cfg)
+        runs.append(load_checkpoint(os.path.join(cfg.output_dir, "checkpoints", "last.pt"))["model"])
+    assert all(torch.equal(runs[0][key], runs[1][key]) for key in runs[0])
+
+
 def test_nan_loss_stops_with_epoch_iteration_and_term(tiny_cfg, monkeypatch):
     cfg = tiny_cfg("train.epochs", "3")
     original = trainer_module.IntraBatchLoss.forward
