@@ -41,7 +41,9 @@ def _loader_options(cfg, persistent: bool) -> dict:
 
 
 def build_train_loader(cfg, dataset, epoch: int = 0) -> tuple[DataLoader, PKSampler]:
-    """PK batches of ``dataset`` (``sampler.classes_per_batch`` x ``sampler.samples_per_class``).
+    """PK batches of ``dataset`` (``sampler.classes_per_batch`` x ``sampler.samples_per_class``; the
+    epoch's length by ``sampler.epoch_length``; with ``sampler.random_pk`` another P x K each epoch,
+    the batch size fixed: see :class:`~ibc_geo.data.sampler.PKSampler`).
 
     Build it once: call ``sampler.set_epoch(e)`` before iterating epoch ``e`` (set to ``epoch``
     here); workers persist across epochs. Each sample is augmented on its own seed
@@ -51,7 +53,8 @@ def build_train_loader(cfg, dataset, epoch: int = 0) -> tuple[DataLoader, PKSamp
     """
     rank, world_size = distributed_rank()
     sampler = PKSampler(dataset.labels, cfg.sampler.classes_per_batch, cfg.sampler.samples_per_class,
-                        seed=cfg.seed, rank=rank, world_size=world_size)
+                        seed=cfg.seed, rank=rank, world_size=world_size,
+                        epoch_length=cfg.sampler.epoch_length, random_pk=bool(cfg.sampler.random_pk))
     sampler.set_epoch(epoch)
     loader = DataLoader(dataset, batch_sampler=SeededBatches(sampler, cfg.seed),
                         generator=loader_generator(cfg.seed, epoch), **_loader_options(cfg, persistent=True))

@@ -7,31 +7,58 @@ from typing import Iterator, List, Sequence
 import numpy as np
 import torch
 
+EPOCH_LENGTHS = ("official", "cover")
+
+
+def pk_divisors(batch_size: int, num_classes: int | None = None) -> List[int]:
+    """The ``P`` that ``random_pk`` draws from: divisors of ``batch_size`` in ``[2, batch_size / 2]``
+    (official ``NumberSampler``; 54 -> 2, 3, 6, 9, 18, 27), without those above ``num_classes``."""
+    return [p for p in range(2, batch_size // 2 + 1)
+            if batch_size % p == 0 and (num_classes is None or p <= num_classes)]
+
 
 class PKSampler(torch.utils.data.Sampler):
     r"""A batch sampler: each batch holds ``P`` distinct classes with ``K`` dataset indices each,
     listed class after class.
 
-    **One epoch.** Each class's images are shuffled and cut into
-    :math:`m_c = \lceil n_c / K \rceil` chunks of ``K``; the last chunk is topped up with other
-    images of the class (drawn without replacement, or with replacement when :math:`n_c < K`).
-    Chunks are scheduled into
+    **Chunks of a class** (``epoch_length``). Each class's :math:`n_c` images are shuffled and cut
+    into chunks of ``K``:
+
+    * ``"official"`` (the official ``CombineSampler``): a class with fewer than ``K`` images is first
+      topped up to ``K`` with replacement, then the (topped-up) list of :math:`n'_c = \max(n_c, K)`
+      is padded with other images of the class, drawn without replacement, to
+      :math:`(\lfloor n'_c / K \rfloor + 1) K`: :math:`m_c = \lfloor n'_c / K \rfloor + 1` chunks, so
+      a class whose size is a multiple of ``K`` still gets one more chunk (2-12 images, ``K`` = 6:
+      2-3 chunks). The padding of the last chunk avoids the images already in it (the official code
+      may repeat one there; the count is the same).
+    * ``"cover"``: :math:`m_c = \lceil n_c / K \rceil` chunks, the last topped up with other images of
+      the class (without replacement, or with replacement when :math:`n_c < K`): every image about
+      once.
+
+    **Batches.** Chunks are scheduled into
 
     .. math::
         B = \max\Big(\Big\lceil \tfrac{1}{P} \textstyle\sum_c m_c \Big\rceil,\ \max_c m_c\Big)
 
     batches so that no class appears twice in a batch (random, weighted by the chunks a class has
-    left); slots left over are filled with fresh ``K``-image draws from classes not yet in the batch.
-    So every image appears at least once per epoch, and the epoch is about ``N / (P K)`` batches
-    (more when classes are smaller than ``K``).
+    left); slots left over are filled with fresh ``K``-image draws from classes not yet in the batch
+    (for ``"official"`` this is the official padding of the chunk count to a multiple of ``P``).
+    The official loader shuffles the chunks freely, so one of its batches can hold a class twice;
+    here every batch has ``P`` distinct classes. Every image appears at least once per epoch.
+
+    **Random P x K** (``random_pk``, the official CUB ``NumberSampler``): each epoch draws ``P``
+    uniformly from the divisors of ``batch_size = P K`` in ``[2, P K / 2]`` (54: 2, 3, 6, 9, 18, 27),
+    divisors above the dataset's number of classes excluded, and uses ``K = P K / P``; the batch size
+    stays ``P K``. The draw is a function of ``(seed, epoch)``, made by :meth:`set_epoch`, after which
+    :attr:`P`, :attr:`K` and ``len(sampler)`` are those of that epoch.
 
     **Several processes.** With ``world_size`` > 1 the ``B`` batches (shuffled) are padded with
     extra random batches to a multiple of ``world_size`` and rank ``r`` takes batches
     ``r, r + world_size, ...``: ranks get disjoint batches, together covering every image, and
     ``len(sampler)`` = :math:`\lceil B / \text{world\_size} \rceil` on every rank.
 
-    Everything is a function of ``(seed, epoch)`` (``numpy.random.default_rng([seed, epoch])``);
-    call :meth:`set_epoch` before each epoch.
+    Everything is a function of ``(seed, epoch)`` (``numpy.random.default_rng([seed, epoch])``; the
+    ``random_pk`` draw ``default_rng([seed, epoch, 2])``); call :meth:`set_epoch` before each epoch.
 
     Args:
         labels: the class label of each dataset index (any hashable values; length N).
@@ -40,10 +67,13 @@ class PKSampler(torch.utils.data.Sampler):
         seed: the base seed (default: ``0``).
         rank: this process's rank (default: ``0``).
         world_size: the number of processes (default: ``1``).
+        epoch_length: ``"official"`` or ``"cover"``, the chunks of a class (default: ``"official"``).
+        random_pk: draw ``P`` (and ``K``) each epoch, the batch size fixed (default: ``False``).
     """
 
     def __init__(self, labels: Sequence, classes_per_batch: int, samples_per_class: int,
-                 seed: int = 0, rank: int = 0, world_size: int = 1):
+                 seed: int = 0, rank: int = 0, world_size: int = 1, epoch_length: str = "official",
+                 random_pk: bool = False):
         labels = np.asarray(labels)
         if labels.ndim != 1 or len(labels) == 0:
             raise ValueError(f"PKSampler needs a non-empty 1-d array of labels, got shape {labels.shape}")
@@ -51,34 +81,59 @@ class PKSampler(torch.utils.data.Sampler):
             raise ValueError(f"PKSampler needs P >= 1 and K >= 1, got P={classes_per_batch}, K={samples_per_class}")
         if not 0 <= rank < world_size:
             raise ValueError(f"PKSampler rank must be in [0, world_size={world_size}), got {rank}")
+        if epoch_length not in EPOCH_LENGTHS:
+            raise ValueError(f"PKSampler epoch_length must be one of {EPOCH_LENGTHS}, got {epoch_length!r}")
         _, inverse = np.unique(labels, return_inverse=True)
         inverse = inverse.reshape(-1)
         order = np.argsort(inverse, kind="stable")
         self._members: List[np.ndarray] = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
-        if len(self._members) < classes_per_batch:
+        self._sizes = np.array([len(m) for m in self._members])
+        num_classes = len(self._members)
+        self._batch_size = int(classes_per_batch) * int(samples_per_class)
+        self.random_pk = bool(random_pk)
+        if self.random_pk:
+            self.pk_choices = pk_divisors(self._batch_size, num_classes)
+            if not self.pk_choices:
+                raise ValueError(
+                    f"PKSampler random_pk needs a divisor of the batch size {self._batch_size} in "
+                    f"[2, {self._batch_size // 2}] that is at most the number of classes ({num_classes}); "
+                    f"there is none: {pk_divisors(self._batch_size)}")
+        elif num_classes < classes_per_batch:
             raise ValueError(
                 f"PKSampler needs at least sampler.classes_per_batch = {classes_per_batch} classes; "
-                f"the dataset has {len(self._members)}"
+                f"the dataset has {num_classes}"
             )
-        self.P, self.K = int(classes_per_batch), int(samples_per_class)
+        self.epoch_length = epoch_length
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
-        self.epoch = 0
-        self._chunks = np.array([math.ceil(len(m) / self.K) for m in self._members])
-        self.num_batches_total = int(max(math.ceil(self._chunks.sum() / self.P), self._chunks.max()))
+        self._configure(int(classes_per_batch), int(samples_per_class))
+        self.set_epoch(0)
+
+    def _configure(self, P: int, K: int) -> None:
+        self.P, self.K = P, K
+        if self.epoch_length == "official":
+            self._chunks = np.maximum(self._sizes, K) // K + 1
+        else:
+            self._chunks = -(-self._sizes // K)
+        self.num_batches_total = int(max(math.ceil(self._chunks.sum() / P), self._chunks.max()))
 
     @property
     def batch_size(self) -> int:
-        return self.P * self.K
+        return self._batch_size
 
     def set_epoch(self, epoch: int) -> None:
+        """Epoch ``epoch`` next (with ``random_pk``: its ``P`` x ``K`` and ``len``)."""
         self.epoch = int(epoch)
+        if self.random_pk:
+            rng = np.random.default_rng([self.seed, self.epoch, 2])
+            P = self.pk_choices[int(rng.integers(len(self.pk_choices)))]
+            self._configure(P, self._batch_size // P)
 
     def __len__(self) -> int:
         return math.ceil(self.num_batches_total / self.world_size)
 
     def __repr__(self) -> str:
         return (f"PKSampler(P={self.P}, K={self.K}, classes={len(self._members)}, batches={len(self)}, "
-                f"rank={self.rank}/{self.world_size})")
+                f"epoch_length={self.epoch_length}, random_pk={self.random_pk}, rank={self.rank}/{self.world_size})")
 
     def _draw(self, c: int, rng: np.random.Generator) -> np.ndarray:
         """K fresh indices of class ``c`` (with replacement only when it has fewer than K)."""
@@ -88,9 +143,19 @@ class PKSampler(torch.utils.data.Sampler):
         return np.concatenate([rng.permutation(members), rng.choice(members, self.K - len(members))])
 
     def _class_chunks(self, c: int, rng: np.random.Generator) -> List[np.ndarray]:
+        K = self.K
         perm = rng.permutation(self._members[c])
-        chunks = [perm[i:i + self.K] for i in range(0, len(perm), self.K)]
-        short = self.K - len(chunks[-1])
+        if self.epoch_length == "official":
+            if len(perm) < K:  # topped up to K with replacement
+                perm = np.concatenate([perm, rng.choice(perm, K - len(perm), replace=True)])
+            tail = len(perm) % K
+            pad = (len(perm) // K + 1) * K - len(perm)  # 1..K
+            # Without replacement from the list, avoiding the last chunk's own images when n >= K.
+            pool = perm[: len(perm) - tail]
+            perm = np.concatenate([perm, rng.choice(pool, pad, replace=False)])
+            return [perm[i:i + K] for i in range(0, len(perm), K)]
+        chunks = [perm[i:i + K] for i in range(0, len(perm), K)]
+        short = K - len(chunks[-1])
         if short:
             rest = perm[: len(perm) - len(chunks[-1])]
             if len(rest) >= short:

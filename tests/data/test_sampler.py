@@ -14,7 +14,7 @@ LABELS = np.repeat(np.arange(len(SIZES)) * 10 + 3, SIZES)  # arbitrary label val
 P, K = 4, 3
 
 
-def check_batches(sampler, labels):
+def check_batches(sampler, labels, P=P, K=K):
     for batch in sampler:
         assert len(batch) == P * K
         counts = Counter(labels[batch].tolist())
@@ -25,8 +25,9 @@ def check_batches(sampler, labels):
                 assert len(set(members)) == K
 
 
-def test_batches_exact_and_cover_every_image():
-    sampler = PKSampler(LABELS, P, K, seed=3)
+@pytest.mark.parametrize("epoch_length", ["official", "cover"])
+def test_batches_exact_and_cover_every_image(epoch_length):
+    sampler = PKSampler(LABELS, P, K, seed=3, epoch_length=epoch_length)
     for epoch in range(5):
         sampler.set_epoch(epoch)
         check_batches(sampler, LABELS)
@@ -37,11 +38,61 @@ def test_batches_exact_and_cover_every_image():
 
 
 def test_epoch_length_rule():
-    sampler = PKSampler(LABELS, P, K)
+    sampler = PKSampler(LABELS, P, K, epoch_length="cover")
     chunks = [math.ceil(n / K) for n in SIZES]
     assert len(sampler) == max(math.ceil(sum(chunks) / P), max(chunks)) == 10
-    balanced = PKSampler(np.repeat(np.arange(10), 6), 5, 3)
+    balanced = PKSampler(np.repeat(np.arange(10), 6), 5, 3, epoch_length="cover")
     assert len(balanced) == 60 // 15
+    # official: every class one chunk more than floor(max(n, K) / K); a multiple of K too
+    assert len(PKSampler(np.repeat(np.arange(10), 6), 5, 3, epoch_length="official")) == 10 * 3 // 5
+    official = [max(n, K) // K + 1 for n in SIZES]
+    assert len(PKSampler(LABELS, P, K)) == max(math.ceil(sum(official) / P), max(official)) == 11
+    with pytest.raises(ValueError, match="epoch_length"):
+        PKSampler(LABELS, P, K, epoch_length="paper")
+
+
+def official_num_batches(sizes, P, K):
+    """The official CombineSampler's batches per epoch, computed on its own: each class topped up
+    to K, padded to (floor(n / K) + 1) * K, chunks of K; the chunk count padded to a multiple of P."""
+    chunks = 0
+    for n in sizes:
+        n = max(n, K)
+        chunks += ((n // K + 1) * K) // K
+    while chunks % P:
+        chunks += 1
+    return chunks // P
+
+
+def test_official_epoch_length_sop_like():
+    P_, K_ = 15, 6
+    sizes = np.random.default_rng(0).integers(2, 13, size=400)  # SOP: 2..12 images per class
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    sampler = PKSampler(labels, P_, K_, seed=1, epoch_length="official")
+    expected = official_num_batches(sizes, P_, K_)
+    assert len(sampler) == expected
+    assert expected * P_ >= 2 * len(sizes) + (sizes == 12).sum()  # 2..3 chunks per class
+    cover = PKSampler(labels, P_, K_, seed=1, epoch_length="cover")
+    assert len(cover) == math.ceil(sum(math.ceil(n / K_) for n in sizes) / P_)
+    assert 1.3 < len(sampler) / len(cover) < 1.4  # about 2.09 vs 1.55 chunks per class
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == expected
+        check_batches(batches, labels, P_, K_)
+        assert {i for b in batches for i in b} == set(range(len(labels)))
+        # each class's chunks all scheduled: at least floor(max(n, K) / K) + 1 of them
+        appearances = Counter(c for b in batches for c in set(labels[b].tolist()))
+        assert all(appearances[c] >= max(n, K_) // K_ + 1 for c, n in enumerate(sizes))
+
+
+def test_official_vs_cover_on_the_sop_fixture_counts():
+    sizes = np.array(fixtures.sop_full_counts()[:11318])
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    official = PKSampler(labels, 15, 6, epoch_length="official")
+    cover = PKSampler(labels, 15, 6, epoch_length="cover")
+    assert len(official) == official_num_batches(sizes, 15, 6)
+    assert len(cover) == math.ceil(sum(math.ceil(n / 6) for n in sizes) / 15)
+    assert (len(official), len(cover)) == (1510, 755)  # the fixture's classes hold 5 or 6 images
 
 
 def test_deterministic_in_seed_and_epoch():
@@ -62,17 +113,19 @@ def test_small_class_topped_up():
     assert single and all(b.count(0) == 4 for b in single)
 
 
+@pytest.mark.parametrize("epoch_length,total", [("cover", 10), ("official", 11)])
 @pytest.mark.parametrize("world_size", [2, 3])
-def test_ranks_get_disjoint_batches(world_size):
-    samplers = [PKSampler(LABELS, P, K, seed=5, rank=r, world_size=world_size) for r in range(world_size)]
+def test_ranks_get_disjoint_batches(world_size, epoch_length, total):
+    samplers = [PKSampler(LABELS, P, K, seed=5, rank=r, world_size=world_size, epoch_length=epoch_length)
+                for r in range(world_size)]
     for s in samplers:
         s.set_epoch(2)
     per_rank = [list(s) for s in samplers]
-    assert all(len(b) == len(samplers[0]) == math.ceil(10 / world_size) for b in per_rank)
+    assert all(len(b) == len(samplers[0]) == math.ceil(total / world_size) for b in per_rank)
     flat = [tuple(b) for batches in per_rank for b in batches]
     assert len(set(flat)) == len(flat)
     assert {i for b in flat for i in b} == set(range(len(LABELS)))
-    single = PKSampler(LABELS, P, K, seed=5)
+    single = PKSampler(LABELS, P, K, seed=5, epoch_length=epoch_length)
     single.set_epoch(2)
     assert {tuple(b) for b in single} <= set(flat)
 
@@ -80,6 +133,81 @@ def test_ranks_get_disjoint_batches(world_size):
 def test_too_few_classes():
     with pytest.raises(ValueError, match="at least sampler.classes_per_batch = 4 classes; the dataset has 3"):
         PKSampler([0, 1, 2], 4, 2)
+
+
+# 40 classes of 3..30 images, batches of 54 = 6 x 9 with random P x K.
+RPK_SIZES = np.random.default_rng(2).integers(3, 31, size=40)
+RPK_LABELS = np.repeat(np.arange(len(RPK_SIZES)), RPK_SIZES)
+
+
+def test_random_pk_draws_the_divisors_uniformly():
+    from ibc_geo.data.sampler import pk_divisors
+
+    assert pk_divisors(54) == [2, 3, 6, 9, 18, 27] and pk_divisors(54, 10) == [2, 3, 6, 9]
+    sampler = PKSampler(RPK_LABELS, 6, 9, seed=7, random_pk=True)
+    draws = []
+    for epoch in range(600):
+        sampler.set_epoch(epoch)
+        assert sampler.P * sampler.K == 54 and sampler.batch_size == 54
+        draws.append((sampler.P, sampler.K))
+    counts = Counter(p for p, _ in draws)
+    assert set(counts) == {2, 3, 6, 9, 18, 27}
+    assert all(60 <= counts[p] <= 140 for p in counts), counts  # 100 each expected, sd ~9
+    assert all(k == 54 // p for p, k in draws)
+    # not a fixed cycle: consecutive epochs differ often, but not always
+    changes = sum(a != b for a, b in zip(draws, draws[1:]))
+    assert 400 < changes < 560
+    # another seed, another sequence
+    other = PKSampler(RPK_LABELS, 6, 9, seed=8, random_pk=True)
+    other_draws = []
+    for epoch in range(600):
+        other.set_epoch(epoch)
+        other_draws.append(other.P)
+    assert other_draws != [p for p, _ in draws]
+
+
+def test_random_pk_batches_len_and_resume():
+    sampler = PKSampler(RPK_LABELS, 6, 9, seed=3, random_pk=True)
+    seen_p, run = set(), []
+    for epoch in range(30):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        run.append(batches)
+        P_, K_ = sampler.P, sampler.K
+        seen_p.add(P_)
+        assert len(batches) == len(sampler)
+        official = [max(n, K_) // K_ + 1 for n in RPK_SIZES]
+        assert len(sampler) == max(math.ceil(sum(official) / P_), max(official))
+        check_batches(batches, RPK_LABELS, P_, K_)
+        assert {i for b in batches for i in b} == set(range(len(RPK_LABELS)))
+    assert seen_p == {2, 3, 6, 9, 18, 27}
+    assert len({len(b) for b in run}) > 3  # the epoch length follows P x K
+    for epoch in (0, 13, 29):  # a resumed run: a fresh sampler at that epoch
+        fresh = PKSampler(RPK_LABELS, 6, 9, seed=3, random_pk=True)
+        fresh.set_epoch(epoch)
+        assert list(fresh) == run[epoch]
+    fixed = PKSampler(RPK_LABELS, 6, 9, seed=3)
+    for epoch in range(5):
+        fixed.set_epoch(epoch)
+        assert (fixed.P, fixed.K) == (6, 9)
+
+
+def test_random_pk_skips_p_above_the_classes_and_keeps_seeded_batch_size():
+    from ibc_geo.data import SeededBatches
+
+    labels = np.repeat(np.arange(10), 20)
+    sampler = PKSampler(labels, 6, 9, seed=0, random_pk=True)
+    assert sampler.pk_choices == [2, 3, 6, 9]
+    ps = set()
+    for epoch in range(60):
+        sampler.set_epoch(epoch)
+        ps.add(sampler.P)
+        batches = list(SeededBatches(sampler, seed=0))
+        assert len(batches) == len(sampler) and all(len(b) == 54 for b in batches)
+    assert ps == {2, 3, 6, 9}
+    with pytest.raises(ValueError, match="random_pk"):
+        PKSampler(np.arange(20) % 2, 1, 7, random_pk=True)  # 7 is prime: no divisor in [2, 3]
+    assert PKSampler(np.arange(20) % 2, 6, 2, random_pk=True).pk_choices == [2]  # 3 of 12 needs 3 classes
 
 
 def test_large_dataset_fast():
@@ -100,6 +228,11 @@ def test_train_and_eval_loaders(tmp_path):
         assert sampler.epoch == epoch and loader.num_workers == 2
         return [(x, y, i) for x, y, i in loader]
 
+    loader, sampler = build_train_loader(cfg, train)
+    assert (sampler.epoch_length, sampler.random_pk) == ("official", False)
+    rpk = fixtures.fixture_config("cub", root, "sampler.epoch_length", "cover", "sampler.random_pk", "true")
+    _, sampler = build_train_loader(rpk, train)
+    assert (sampler.epoch_length, sampler.random_pk) == ("cover", True)
     first, again = epoch_data(1), epoch_data(1)
     assert len(first) == 4 and first[0][0].shape == (6, 3, 16, 16)
     for (x1, y1, i1), (x2, y2, i2) in zip(first, again):
