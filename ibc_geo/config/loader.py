@@ -191,7 +191,7 @@ def check_config(cfg: DictConfig) -> None:
     if any(e < 1 for e in cfg.train.lr_drop_epochs):
         fail("train.lr_drop_epochs", list(cfg.train.lr_drop_epochs), "epochs are numbered from 1")
     for key, low in (("eval.every", 1), ("train.log_every", 1), ("eval.batch_size", 1), ("eval.chunk_size", 1),
-                     ("eval.kmeans_iters", 1), ("data.workers", 0), ("train.iters_per_epoch", 0)):
+                     ("eval.kmeans_iters", 1), ("eval.kmeans_redo", 1), ("data.workers", 0), ("train.iters_per_epoch", 0)):
         value = OmegaConf.select(cfg, key)
         if value < low:
             fail(key, value, f"must be >= {low}")
@@ -211,6 +211,10 @@ def check_config(cfg: DictConfig) -> None:
              "(e.g. 0.15) or eval.selection test")
     if not 0.0 < cfg.data.crop_scale <= 1.0:
         fail("data.crop_scale", cfg.data.crop_scale, "must be in (0, 1]")
+    if len(cfg.data.mean) != 3:
+        fail("data.mean", list(cfg.data.mean), "three numbers, one per RGB channel")
+    if len(cfg.data.std) != 3 or any(not s > 0 for s in cfg.data.std):
+        fail("data.std", list(cfg.data.std), "three positive numbers, one per RGB channel")
     if cfg.data.image_size < 16:
         fail("data.image_size", cfg.data.image_size, "must be >= 16")
     pre = cfg.model.pretrained

@@ -19,6 +19,7 @@ CHOICES = {
     "train.amp_dtype": ["bfloat16", "float16"],
     "eval.selection": ["val", "test"],
     "data.on_corrupt": ["skip", "error"],
+    "sampler.epoch_length": ["official", "cover"],
 }
 
 
@@ -30,7 +31,9 @@ class DataConfig:
     resize_size: int = 0  # test-time resize before the centre crop; 0 = image_size * 256 / 227
     workers: int = 4  # DataLoader worker processes (0 = load in the main process)
     val_classes: float = 0.15  # held-out TRAINING classes for model selection: >= 1 a count, < 1 a fraction, 0 none
-    random_erasing: float = 0.5  # probability of RandomErasing in training (paper: 0.5)
+    random_erasing: float = 0.5  # probability of the official random erasing in training (paper: 0.5)
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # normalisation mean (ImageNet; official: same)
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])  # normalisation std (ImageNet; official: 0.299 0.224 0.225, a typo)
     crop_scale: float = 0.08  # smallest area fraction of RandomResizedCrop (paper/torchvision: 0.08)
     hflip: bool = True  # random horizontal flips in training (paper: on)
     on_corrupt: str = "skip"  # unreadable image during training: skip (warn, count) | error
@@ -41,6 +44,8 @@ class SamplerConfig:
     classes_per_batch: int = 6  # P: classes per batch (paper CUB: 6)
     samples_per_class: int = 9  # K: images per class in a batch (paper CUB: 9)
     batch_size: int = 0  # 0 = P * K; when set it must equal P * K
+    epoch_length: str = "official"  # official (each class padded to (floor(n/K)+1)*K, chunks of K) | cover (each image once)
+    random_pk: bool = False  # each epoch draw P from the divisors of P*K in [2, P*K/2], K = P*K/P (official CUB)
 
 
 @dataclass
@@ -66,6 +71,10 @@ class MPNConfig:
     num_heads: int = 2  # attention heads H (paper CUB: 2)
     dropout: float = 0.1  # dropout on attention coefficients and residual branches (paper: 0.1)
     attention_path: str = "auto"  # auto (fastest for the graph) | dense (SDPA) | sparse (MessagePassing)
+    input_norm: bool = True  # the MPN receives f / ||f|| (official output_train_enc: plain)
+    input_proj: bool = True  # Linear(d, d) before the first layer, PyTorch's default init (official dim_red)
+    attention_sink: bool = True  # softmax with a zero logit in the denominator: exp(s)/(1 + sum exp(s)) (official)
+    concat_layers: bool = False  # the MPN head sees all L layers' outputs concatenated, L*d (official Cars: cat 1)
 
 
 @dataclass
@@ -80,9 +89,10 @@ class LossConfig:
 class TrainConfig:
     epochs: int = 70  # training epochs (paper: 70)
     lr: float = 1.5637e-4  # RAdam learning rate (paper CUB)
-    weight_decay: float = 6.0597e-6  # RAdam weight decay (paper CUB)
+    weight_decay: float = 6.0597e-6  # RAdam decoupled weight decay, p -= lr * wd * p (paper CUB)
     lr_drop_epochs: List[int] = field(default_factory=lambda: [31, 51])  # reload best, lr /= 10 at these epochs
     lr_drop_factor: float = 0.1  # multiplier of the learning rate at each drop (paper: 0.1)
+    lr_drop_cumulative: bool = False  # false: lr = lr * factor at every drop (official); true: lr * factor^drops
     amp: bool = False  # autocast mixed precision (CUDA only; ignored on CPU)
     amp_dtype: str = "bfloat16"  # autocast dtype: bfloat16 | float16 (float16 uses a grad scaler)
     resume: bool = False  # continue from output_dir/checkpoints/last.pt
@@ -99,7 +109,8 @@ class EvalConfig:
     metric: str = "recall@1"  # selection metric: a key of the metrics dict (recall@1, map@r, nmi, ...)
     batch_size: int = 128  # images per batch when extracting embeddings
     nmi: bool = True  # compute NMI (faiss k-means with k = number of classes)
-    kmeans_iters: int = 20  # faiss k-means iterations for NMI
+    kmeans_iters: int = 300  # k-means iterations per restart for NMI (scikit-learn KMeans: 300)
+    kmeans_redo: int = 10  # k-means restarts (k-means++ seeding each), the best inertia kept (scikit-learn: 10)
     chunk_size: int = 4096  # queries per chunk of the exact faiss search (bounds memory)
 
 
