@@ -30,6 +30,16 @@ class ModelOutput:
     attention: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None  # per layer (edge_index, alpha [E, H])
 
 
+def build_mpn_from_config(cfg, num_classes: int) -> MessagePassingNetwork:
+    """The MPN of ``cfg.model.embedding_dim`` and ``cfg.mpn`` (the official recipe by default:
+    normalised input, input projection, attention sink; ``mpn.concat_layers`` for Cars)."""
+    m = cfg.mpn
+    return MessagePassingNetwork(cfg.model.embedding_dim, num_classes, num_layers=m.num_layers,
+                                 heads=m.num_heads, dropout=m.dropout, attention_path=m.attention_path,
+                                 sink=m.attention_sink, input_norm=m.input_norm, input_proj=m.input_proj,
+                                 concat_layers=m.concat_layers)
+
+
 class IntraBatchModel(nn.Module):
     """Backbone, batch-graph topology and MPN, trained end to end.
 
@@ -53,7 +63,7 @@ class IntraBatchModel(nn.Module):
                                      cfg.model.pooling, cfg.model.pretrained if pretrained is None else pretrained,
                                      channels_last=cfg.model.channels_last)
         topology = build_topology_from_config(cfg)
-        mpn = MessagePassingNetwork.from_config(cfg, num_classes) if topology.message_passing else None
+        mpn = build_mpn_from_config(cfg, num_classes) if topology.message_passing else None
         return cls(backbone, topology, mpn)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -62,6 +72,8 @@ class IntraBatchModel(nn.Module):
 
     def forward(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 return_attention_weights: bool = False) -> ModelOutput:
+        """Backbone embeddings and logits; the graph is built on ``f`` detached (its edges carry no
+        gradient), the MPN receives ``f`` itself, so its loss trains the backbone too."""
         f = self.backbone.embed(images)
         backbone_logits = self.backbone.classify(f)
         graph = self.topology(Data(x=f.detach().float(), y=labels))

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 from torch_geometric.nn import MessagePassing
-from torch_geometric.utils import is_sparse, softmax
+from torch_geometric.utils import is_sparse, scatter, softmax
 
 PATHS = ("auto", "dense", "sparse")
 
@@ -47,13 +47,38 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], p: float) -> 
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
 
 
+def sink_softmax(src: Tensor, index: Tensor, num_nodes: Optional[int] = None) -> Tensor:
+    r"""Softmax over the edges of each target node with one extra zero logit, the "sink":
+
+    .. math::
+        \alpha_{ij} = \frac{\exp(s_{ij})}{1 + \sum_{k \in \mathcal{N}(i)} \exp(s_{ik})}
+
+    computed stably as :math:`\exp(s_{ij} - m_i) / (e^{-m_i} + \sum_k \exp(s_{ik} - m_i))` with
+    :math:`m_i = \max(0, \max_k s_{ik})` (the official code's ``net/utils.py`` ``softmax``). The
+    coefficients of a node sum to less than 1: it may also attend to "nothing".
+
+    Args:
+        src (torch.Tensor): Logits :math:`(E, *)`.
+        index (torch.Tensor): Target node of each edge :math:`(E,)`.
+        num_nodes (int, optional): Number of target nodes. (default: ``index.max() + 1``)
+    """
+    if num_nodes is not None:
+        N = num_nodes
+    else:
+        N = int(index.max()) + 1 if index.numel() > 0 else 0
+    m = scatter(src.detach(), index, dim=0, dim_size=N, reduce="max").clamp(min=0.0)
+    e = (src - m.index_select(0, index)).exp()
+    denom = scatter(e, index, dim=0, dim_size=N, reduce="sum") + (-m).exp()
+    return e / denom.index_select(0, index)
+
+
 class IntraBatchAttention(MessagePassing):
     r"""Transformer-style attention of each node over its incoming edges (METHOD.md §1.3).
 
     .. math::
-        \alpha_{ij}^{(h)} = \operatorname{softmax}_{j \in \mathcal{N}(i)}
-            \left( \frac{\langle \mathbf{W}_q^{(h)} x_i, \mathbf{W}_k^{(h)} x_j \rangle}
-                        {\sqrt{d / H}} \right)
+        s_{ij}^{(h)} = \frac{\langle \mathbf{W}_q^{(h)} x_i, \mathbf{W}_k^{(h)} x_j \rangle}{\sqrt{d / H}},
+        \qquad
+        \alpha_{ij}^{(h)} = \frac{\exp s_{ij}^{(h)}}{[\text{sink}] + \sum_{k \in \mathcal{N}(i)} \exp s_{ik}^{(h)}}
 
     .. math::
         x_i' = \mathbf{W}_o \, \Big\Vert_{h=1}^{H} \sum_{j \in \mathcal{N}(i)}
@@ -61,8 +86,11 @@ class IntraBatchAttention(MessagePassing):
 
     where :math:`\mathbf{W}_q, \mathbf{W}_k, \mathbf{W}_v, \mathbf{W}_o` are ``Linear(d, d)``
     (with bias; :math:`\mathbf{W}^{(h)}` is the :math:`h`-th block of :math:`d/H` rows) and
-    :math:`\mathcal{N}(i) = \{ j : (j, i) \in \mathcal{E} \}`. A node without incoming edges
-    receives the zero message, so its output is :math:`b_o`. Xavier-uniform weights, zero biases.
+    :math:`\mathcal{N}(i) = \{ j : (j, i) \in \mathcal{E} \}`; :math:`[\text{sink}]` is 1 with
+    ``sink=True`` (a zero logit every node can attend to, the official code's softmax; the
+    coefficients then sum to less than 1) and 0 for the plain softmax. A node without incoming
+    edges receives the zero message, so its output is :math:`b_o`. Xavier-uniform weights, zero
+    biases.
 
     Args:
         channels (int): Node feature size :math:`d` (input and output).
@@ -72,6 +100,9 @@ class IntraBatchAttention(MessagePassing):
             mode only. (default: ``0.1``)
         attention_path (str, optional): ``"auto"``, ``"dense"`` (SDPA) or ``"sparse"``
             (MessagePassing); see the module docstring. (default: ``"auto"``)
+        sink (bool, optional): Add a zero logit to every node's softmax denominator (the
+            official code; :func:`sink_softmax`). The dense path realises it as one extra
+            all-zero key and value. (default: ``False``)
         **kwargs (optional): Additional arguments of
             :class:`torch_geometric.nn.conv.MessagePassing` (``aggr`` stays ``"add"``).
 
@@ -96,7 +127,7 @@ class IntraBatchAttention(MessagePassing):
     DENSE_CHUNK_BYTES: int = 128 * 2**20
 
     def __init__(self, channels: int, heads: int = 1, dropout: float = 0.1,
-                 attention_path: str = "auto", **kwargs) -> None:
+                 attention_path: str = "auto", sink: bool = False, **kwargs) -> None:
         kwargs.setdefault("aggr", "add")
         super().__init__(node_dim=0, **kwargs)
         if heads < 1 or channels % heads:
@@ -109,6 +140,7 @@ class IntraBatchAttention(MessagePassing):
         self.heads = heads
         self.dropout = dropout
         self.attention_path = attention_path
+        self.sink = bool(sink)
         self.lin_query = torch.nn.Linear(channels, channels)
         self.lin_key = torch.nn.Linear(channels, channels)
         self.lin_value = torch.nn.Linear(channels, channels)
@@ -196,7 +228,13 @@ class IntraBatchAttention(MessagePassing):
         k = key.transpose(0, 1).unsqueeze(0)
         v = value.transpose(0, 1).unsqueeze(0)
         isolated: Optional[Tensor] = None
-        if mask is not None:
+        if self.sink:
+            # The sink is one more key with logit <q, 0> = 0 and a zero value, attended by every node.
+            k = torch.cat([k, k.new_zeros(k.size(0), k.size(1), 1, k.size(3))], dim=2)
+            v = torch.cat([v, v.new_zeros(v.size(0), v.size(1), 1, v.size(3))], dim=2)
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones(N, 1)], dim=1)
+        elif mask is not None:
             has_in = mask.any(dim=1)
             if not bool(has_in.all()):
                 # A row without any key makes softmax 0/0; attend to itself, then zero the row.
@@ -205,7 +243,7 @@ class IntraBatchAttention(MessagePassing):
         p = self.dropout if self.training else 0.0
         alpha: Optional[Tensor] = None
         if not need_alpha:
-            big = q.size(1) * N * N * q.element_size() > self.dense_chunk_bytes
+            big = q.size(1) * N * k.size(2) * q.element_size() > self.dense_chunk_bytes
             if big and not torch.jit.is_scripting():
                 out = self._sdpa_by_heads(q, k, v, mask, p)
             else:
@@ -214,7 +252,7 @@ class IntraBatchAttention(MessagePassing):
             score = (q @ k.transpose(-1, -2)) / math.sqrt(q.size(-1))
             if mask is not None:
                 score = score.masked_fill(~mask, float("-inf"))
-            attn = score.softmax(dim=-1)  # (1, H, N, N)
+            attn = score.softmax(dim=-1)  # (1, H, N, N), or (1, H, N, N + 1) with the sink
             alpha = attn[0][:, edge_index[1], edge_index[0]].t()  # (E, H)
             out = F.dropout(attn, p=p, training=self.training) @ v
         out = out.squeeze(0).transpose(0, 1)  # (N, H, C)
@@ -227,7 +265,7 @@ class IntraBatchAttention(MessagePassing):
                        use_checkpoint: Optional[bool] = None) -> Tensor:
         """SDPA over chunks of heads of at most ``dense_chunk_bytes`` of scores each; with
         gradients, each chunk is checkpointed (recomputed in backward with the same dropout)."""
-        per_head = q.size(2) * q.size(2) * q.element_size()
+        per_head = q.size(2) * k.size(2) * q.element_size()
         step = max(1, self.dense_chunk_bytes // per_head)
         if use_checkpoint is None:
             use_checkpoint = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
@@ -243,10 +281,14 @@ class IntraBatchAttention(MessagePassing):
     def message(self, query_i: Tensor, key_j: Tensor, value_j: Tensor, index: Tensor,
                 ptr: Optional[Tensor], size_i: Optional[int]) -> Tensor:
         alpha = (query_i * key_j).sum(dim=-1) / math.sqrt(query_i.size(-1))
-        alpha = softmax(alpha, index, ptr, size_i)
+        if self.sink:
+            alpha = sink_softmax(alpha, index, size_i)
+        else:
+            alpha = softmax(alpha, index, ptr, size_i)
         self._alpha = alpha
         alpha = F.dropout(alpha, p=self.dropout, training=self.training)
         return value_j * alpha.unsqueeze(-1)
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.channels}, heads={self.heads})"
+        sink = ", sink=True" if self.sink else ""
+        return f"{self.__class__.__name__}({self.channels}, heads={self.heads}{sink})"

@@ -1,9 +1,10 @@
 r"""The message passing network: ``L`` :class:`IntraBatchLayer` s, a BatchNorm neck and a classifier."""
 from __future__ import annotations
 
-from typing import Any, List, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ibc_geo.nn.layer import IntraBatchLayer
@@ -13,11 +14,19 @@ class MessagePassingNetwork(torch.nn.Module):
     r"""Refines the batch embeddings with the batch graph, then classifies them (METHOD.md §1.3-1.4).
 
     .. math::
-        h^{(0)} = x, \qquad h^{(l+1)} = \operatorname{IntraBatchLayer}_l(h^{(l)}, \mathcal{E}),
-        \qquad z = \mathbf{W}_c \, \operatorname{BN}(h^{(L)})
+        h^{(0)} = \mathbf{W}_{in} \frac{x}{\lVert x \rVert}, \qquad
+        h^{(l+1)} = \operatorname{IntraBatchLayer}_l(h^{(l)}, \mathcal{E}), \qquad
+        z = \mathbf{W}_c \, \operatorname{BN}(u), \quad
+        u = h^{(L)} \ \text{or} \ \big\Vert_{l=1}^{L} h^{(l)}
 
-    The BatchNorm1d neck has its bias frozen at zero (``requires_grad = False``), the classifier
-    :math:`\mathbf{W}_c : d \to C` has no bias (Xavier-uniform weight).
+    where the normalisation (``input_norm``), the input projection
+    :math:`\mathbf{W}_{in} : d \to d` (``input_proj``, PyTorch's default ``Linear`` init: the
+    official ``dim_red``) and the concatenation of all layers' outputs (``concat_layers``,
+    :math:`u \in \mathbb{R}^{L d}`) are each optional. The BatchNorm1d neck is Kaiming-initialised
+    (weight 1, bias 0) with its bias frozen at zero (``requires_grad = False``); the classifier
+    :math:`\mathbf{W}_c` has no bias and is initialised :math:`\mathcal{N}(0, 0.001^2)` (the official
+    ``weights_init_classifier``), so the initial logits are near zero and the cross-entropy starts
+    at :math:`\ln C`.
 
     Args:
         channels (int): Embedding size :math:`d`.
@@ -27,50 +36,69 @@ class MessagePassingNetwork(torch.nn.Module):
         dropout (float, optional): Dropout of every layer. (default: ``0.1``)
         attention_path (str, optional): ``"auto"``, ``"dense"`` or ``"sparse"``.
             (default: ``"auto"``)
+        sink (bool, optional): Zero-logit sink in every attention softmax. (default: ``False``)
+        input_norm (bool, optional): L2-normalise the input embeddings. (default: ``False``)
+        input_proj (bool, optional): ``Linear(d, d)`` before the first layer. (default: ``False``)
+        concat_layers (bool, optional): The neck and classifier see all layers' outputs
+            concatenated (:math:`L d` features). (default: ``False``)
 
     Shapes:
         - **input:** embeddings :math:`(B, d)`, edge indices :math:`(2, E)`
-        - **output:** ``(h, logits)`` of shapes :math:`(B, d)`, :math:`(B, C)`; with
-          ``return_attention_weights=True`` also a list of ``L`` pairs
-          ``(edge_index (2, E), alpha (E, H))``, one per layer
+        - **output:** ``(u, logits)`` of shapes :math:`(B, d)` (:math:`(B, L d)` with
+          ``concat_layers``), :math:`(B, C)`; with ``return_attention_weights=True`` also a list
+          of ``L`` pairs ``(edge_index (2, E), alpha (E, H))``, one per layer
     """
 
     def __init__(self, channels: int, num_classes: int, num_layers: int = 1, heads: int = 2,
-                 dropout: float = 0.1, attention_path: str = "auto") -> None:
+                 dropout: float = 0.1, attention_path: str = "auto", sink: bool = False,
+                 input_norm: bool = False, input_proj: bool = False,
+                 concat_layers: bool = False) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.input_norm = bool(input_norm)
+        self.concat_layers = bool(concat_layers)
+        self.input_proj: Optional[torch.nn.Linear] = (
+            torch.nn.Linear(channels, channels) if input_proj else None)
         self.layers = torch.nn.ModuleList(
-            IntraBatchLayer(channels, heads, dropout, attention_path) for _ in range(num_layers))
-        self.neck = torch.nn.BatchNorm1d(channels)
+            IntraBatchLayer(channels, heads, dropout, attention_path, sink=sink) for _ in range(num_layers))
+        self.out_channels = channels * num_layers if concat_layers else channels
+        self.neck = torch.nn.BatchNorm1d(self.out_channels)
         self.neck.bias.requires_grad_(False)
-        self.classifier = torch.nn.Linear(channels, num_classes, bias=False)
+        self.classifier = torch.nn.Linear(self.out_channels, num_classes, bias=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        if self.input_proj is not None:
+            self.input_proj.reset_parameters()
         for layer in self.layers:
             layer.reset_parameters()
-        self.neck.reset_parameters()  # weight 1, bias 0 (frozen)
-        torch.nn.init.xavier_uniform_(self.classifier.weight)
-
-    @classmethod
-    def from_config(cls, cfg: Any, num_classes: int) -> "MessagePassingNetwork":
-        """From ``cfg.model.embedding_dim`` and ``cfg.mpn``."""
-        return cls(cfg.model.embedding_dim, num_classes, num_layers=cfg.mpn.num_layers,
-                   heads=cfg.mpn.num_heads, dropout=cfg.mpn.dropout,
-                   attention_path=cfg.mpn.attention_path)
+        torch.nn.init.ones_(self.neck.weight)  # Kaiming init of a BatchNorm: weight 1, bias 0
+        torch.nn.init.zeros_(self.neck.bias)
+        self.neck.reset_running_stats()
+        torch.nn.init.normal_(self.classifier.weight, std=0.001)
 
     def forward(self, x: Tensor, edge_index: Tensor, return_attention_weights: bool = False
                 ) -> Union[Tuple[Tensor, Tensor], Tuple[Tensor, Tensor, List[Tuple[Tensor, Tensor]]]]:
         attention: List[Tuple[Tensor, Tensor]] = []
-        h = x
+        h = F.normalize(x, dim=-1) if self.input_norm else x
+        if self.input_proj is not None:
+            h = self.input_proj(h)
+        outputs: List[Tensor] = []
         for layer in self.layers:
             if return_attention_weights:
                 h, att = layer(h, edge_index, return_attention_weights=True)
                 attention.append(att)
             else:
                 h = layer(h, edge_index)
-        logits = self.classifier(self.neck(h))
+            outputs.append(h)
+        u = torch.cat(outputs, dim=-1) if self.concat_layers else h
+        logits = self.classifier(self.neck(u))
         if return_attention_weights:
-            return h, logits, attention
-        return h, logits
+            return u, logits, attention
+        return u, logits
+
+    def __repr__(self) -> str:
+        a = self.layers[0].attention
+        return (f"{self.__class__.__name__}({a.channels}, num_classes={self.classifier.out_features}, "
+                f"num_layers={len(self.layers)}, heads={a.heads})")

@@ -28,13 +28,15 @@ def graph(kind, N=9, seed=0):
     return x, topo(Data(x=x)).edge_index
 
 
-def make(path="auto", seed=0, dtype=torch.float64, channels=D, heads=H, dropout=0.1):
+def make(path="auto", seed=0, dtype=torch.float64, channels=D, heads=H, dropout=0.1, sink=False):
     torch.manual_seed(seed)
-    return IntraBatchAttention(channels, heads, dropout=dropout, attention_path=path).to(dtype).eval()
+    return IntraBatchAttention(channels, heads, dropout=dropout, attention_path=path,
+                               sink=sink).to(dtype).eval()
 
 
-def reference(params, x, edge_index, heads):
-    """Attention written out per target node with explicit neighbour lists (no PyG, no SDPA)."""
+def reference(params, x, edge_index, heads, sink=False):
+    """Attention written out per target node with explicit neighbour lists (no PyG, no SDPA);
+    ``sink`` adds exp(0) = 1 to every softmax denominator (the official code's softmax)."""
     N, d = x.shape
     C = d // heads
     q = (x @ params["lin_query.weight"].t() + params["lin_query.bias"]).view(N, heads, C)
@@ -47,8 +49,11 @@ def reference(params, x, edge_index, heads):
             rows.append(torch.zeros(heads, C, dtype=x.dtype))
             continue
         score = torch.einsum("hc,nhc->hn", q[i], k[nbrs]) / math.sqrt(C)
-        a = torch.exp(score - score.max(dim=1, keepdim=True).values)
-        a = a / a.sum(dim=1, keepdim=True)
+        if sink:  # direct formula, no stabilisation: the test's logits are small
+            a = torch.exp(score) / (1.0 + torch.exp(score).sum(dim=1, keepdim=True))
+        else:
+            a = torch.exp(score - score.max(dim=1, keepdim=True).values)
+            a = a / a.sum(dim=1, keepdim=True)
         rows.append(torch.einsum("hn,nhc->hc", a, v[nbrs]))
     m = torch.stack(rows).reshape(N, d)
     return m @ params["lin_out.weight"].t() + params["lin_out.bias"]
@@ -56,14 +61,21 @@ def reference(params, x, edge_index, heads):
 
 def test_repr():
     assert str(IntraBatchAttention(512, heads=8)) == "IntraBatchAttention(512, heads=8)"
+    assert str(IntraBatchAttention(512, heads=8, sink=True)) == "IntraBatchAttention(512, heads=8, sink=True)"
 
 
 def test_init_xavier_zero_bias_and_reset():
+    # Xavier-uniform on 64 x 256 weights: U(-b, b), b = sqrt(6 / (fan_in + fan_out)), std b / sqrt(3).
+    # PyTorch's default (kaiming_uniform(a=sqrt(5)): b = 1 / sqrt(fan_in)) has std 0.072 here, not
+    # 0.125, and a non-zero bias: this test fails for it.
     m = IntraBatchAttention(64, 4)
     bound = math.sqrt(6 / (64 + 64))
     for lin in (m.lin_query, m.lin_key, m.lin_value, m.lin_out):
-        assert lin.weight.abs().max() <= bound and lin.weight.std() > bound / 3
+        assert lin.weight.abs().max() <= bound
+        assert lin.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
         assert torch.all(lin.bias == 0)
+    default = torch.nn.Linear(64, 64)
+    assert default.weight.std().item() != pytest.approx(bound / math.sqrt(3), rel=0.05)
     before = m.lin_key.weight.clone()
     m.reset_parameters()
     assert not torch.equal(before, m.lin_key.weight)
@@ -95,17 +107,18 @@ def test_three_nodes_by_hand(path):
     assert torch.allclose(alpha[:, 0], torch.tensor([1.0, a0, 1 - a0], dtype=torch.float64), atol=1e-12)
 
 
+@pytest.mark.parametrize("sink", [False, True])
 @pytest.mark.parametrize("kind", ["full", "knn", "threshold"])
 @pytest.mark.parametrize("path", PATHS)
-def test_equals_independent_dense_formula_with_gradients(kind, path):
+def test_equals_independent_dense_formula_with_gradients(kind, path, sink):
     x, edge_index = graph(kind)
-    m = make(path)
+    m = make(path, sink=sink)
     if path != "sparse":
         assert m.dense_plan(edge_index, x.size(0))[0]  # the dense path really runs
     params = {n: p.detach().clone().requires_grad_(True) for n, p in m.named_parameters()}
     x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     out = m(x1, edge_index)
-    ref = reference(params, x2, edge_index, H)
+    ref = reference(params, x2, edge_index, H, sink=sink)
     assert torch.allclose(out, ref, rtol=0, atol=1e-10)
     w = torch.randn_like(out)
     (out * w).sum().backward()
@@ -115,15 +128,64 @@ def test_equals_independent_dense_formula_with_gradients(kind, path):
         assert torch.allclose(p.grad, params[name].grad, rtol=0, atol=1e-10), name
 
 
+@pytest.mark.parametrize("sink", [False, True])
 @pytest.mark.parametrize("kind", ["full", "knn", "threshold"])
-def test_dense_and_sparse_attention_weights_agree(kind):
+def test_dense_and_sparse_attention_weights_agree(kind, sink):
     x, edge_index = graph(kind)
-    _, (_, a_sparse) = make("sparse")(x, edge_index, return_attention_weights=True)
-    out, (ei, a_dense) = make("dense")(x, edge_index, return_attention_weights=True)
+    _, (_, a_sparse) = make("sparse", sink=sink)(x, edge_index, return_attention_weights=True)
+    out, (ei, a_dense) = make("dense", sink=sink)(x, edge_index, return_attention_weights=True)
     assert torch.equal(ei, edge_index) and a_dense.shape == (edge_index.size(1), H)
     assert torch.allclose(a_sparse, a_dense, rtol=0, atol=1e-12)
     # The explicit-softmax branch (weights requested) equals the SDPA branch.
-    assert torch.allclose(out, make("dense")(x, edge_index), rtol=0, atol=1e-12)
+    assert torch.allclose(out, make("dense", sink=sink)(x, edge_index), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_sink_three_nodes_by_hand(path):
+    # Identity projections: q = k = v = x. Node 0 hears itself, node 1 nobody, node 2 hears 0 and 1.
+    m = IntraBatchAttention(2, 1, dropout=0.0, attention_path=path, sink=True).double().eval()
+    with torch.no_grad():
+        for lin in (m.lin_query, m.lin_key, m.lin_value, m.lin_out):
+            lin.weight.copy_(torch.eye(2))
+        m.lin_out.bias.copy_(torch.tensor([0.5, -0.5]))
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0]], dtype=torch.float64)
+    edge_index = torch.tensor([[0, 0, 1], [0, 2, 2]])
+    out, (_, alpha) = m(x, edge_index, return_attention_weights=True)
+    r = 1 / math.sqrt(2)
+    a00 = math.exp(r) / (1 + math.exp(r))                      # <x0, x0> / sqrt(2) = 1 / sqrt(2)
+    a20 = math.exp(2 * r) / (1 + math.exp(2 * r) + math.exp(r))  # <x2, x0> = 2, <x2, x1> = 1
+    a21 = math.exp(r) / (1 + math.exp(2 * r) + math.exp(r))
+    expected = torch.tensor([[a00 + 0.5, -0.5], [0.5, -0.5], [a20 + 0.5, a21 - 0.5]], dtype=torch.float64)
+    assert torch.allclose(out, expected, atol=1e-12)
+    assert torch.allclose(alpha[:, 0], torch.tensor([a00, a20, a21], dtype=torch.float64), atol=1e-12)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("kind", ["full", "knn"])
+def test_sink_coefficients_sum_to_one_minus_the_sink_share(path, kind):
+    x, edge_index = graph(kind)
+    m = make(path, sink=True)
+    _, (ei, alpha) = m(x, edge_index, return_attention_weights=True)
+    sums = torch.zeros(x.size(0), H, dtype=alpha.dtype).index_add_(0, ei[1], alpha)
+    # sum_j a_ij = S / (1 + S) with S = sum_j exp(s_ij): below 1, and 1 - sum = 1 / (1 + S).
+    N, C = x.size(0), D // H
+    q = m.lin_query(x).view(N, H, C)
+    k = m.lin_key(x).view(N, H, C)
+    score = (q[ei[1]] * k[ei[0]]).sum(-1) / math.sqrt(C)
+    S = torch.zeros(N, H, dtype=x.dtype).index_add_(0, ei[1], score.exp())
+    assert torch.all(sums < 1)
+    assert torch.allclose(sums, S / (1 + S), atol=1e-12)
+
+
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+def test_sink_is_stable_for_large_logits(path):
+    # Logits of several hundred: exp overflows without the clamped-max trick; the result is then the
+    # plain softmax (the sink's 1 is negligible), on both paths.
+    x, edge_index = graph("full")
+    x = 40 * x
+    out = make(path, sink=True)(x, edge_index)
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out, make(path, sink=False)(x, edge_index), atol=1e-8)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -162,17 +224,18 @@ def test_batch_of_two_graphs_equals_each_alone(path):
     assert torch.allclose(out[5:], m(g2.x, g2.edge_index), atol=1e-12)
 
 
+@pytest.mark.parametrize("sink", [False, True])
 @pytest.mark.parametrize("path", PATHS)
-def test_isolated_nodes_get_the_output_bias(path):
+def test_isolated_nodes_get_the_output_bias(path, sink):
     x = torch.randn(5, D, dtype=torch.float64, requires_grad=True)
     edge_index = torch.tensor([[0, 1, 3, 0], [1, 1, 1, 3]])  # directed; nodes 0, 2, 4 hear nobody
-    m = make(path)
+    m = make(path, sink=sink)
     with torch.no_grad():
         m.lin_out.bias.normal_()
     out = m(x, edge_index)
     for i in (0, 2, 4):
         assert torch.allclose(out[i], m.lin_out.bias, atol=1e-12)
-    ref = reference(dict(m.named_parameters()), x, edge_index, H)
+    ref = reference(dict(m.named_parameters()), x, edge_index, H, sink=sink)
     assert torch.allclose(out, ref, atol=1e-10)
     out.sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad[[0, 1, 3]].abs().sum() > 0
@@ -312,12 +375,13 @@ def test_torch_scatter_backend_equals_torch_backend(monkeypatch):
             assert torch.allclose(t1, t2, atol=1e-12)
 
 
+@pytest.mark.parametrize("sink", [False, True])
 @pytest.mark.parametrize("path", PATHS)
-def test_torchscript(path):
+def test_torchscript(path, sink):
     # PyG >= 2.5 scripts MessagePassing layers directly (jittable() is a deprecated no-op);
     # torch.jit.script itself is deprecated in recent torch, hence the silenced warning.
     x, edge_index = graph("knn")
-    m = make(path)
+    m = make(path, sink=sink)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scripted = torch.jit.script(m)
@@ -327,11 +391,12 @@ def test_torchscript(path):
     assert torch.allclose(scripted(x, edge_index), m(x, edge_index), atol=1e-12)
 
 
+@pytest.mark.parametrize("sink", [False, True])
 @pytest.mark.parametrize("kind", ["full", "knn"])
-def test_dense_by_head_chunks_equals_one_shot(kind):
+def test_dense_by_head_chunks_equals_one_shot(kind, sink):
     x, edge_index = graph(kind)
-    one_shot = make("dense")
-    chunked = make("dense")
+    one_shot = make("dense", sink=sink)
+    chunked = make("dense", sink=sink)
     chunked.dense_chunk_bytes = 1  # one head per chunk, checkpointed
     x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     o1, o2 = one_shot(x1, edge_index), chunked(x2, edge_index)

@@ -8,6 +8,7 @@ from torch_geometric.data import Data
 
 from ibc_geo.config import load_config
 from ibc_geo.graph import build_topology
+from ibc_geo.modeling.model import build_mpn_from_config
 from ibc_geo.nn import IntraBatchAttention, IntraBatchLayer, MessagePassingNetwork
 
 D, H, C = 16, 4, 5
@@ -24,7 +25,10 @@ def full_graph(N):
 
 def test_str():
     assert str(IntraBatchLayer(512, 8, 0.1)) == "IntraBatchLayer(512, heads=8, dropout=0.1)"
+    assert str(IntraBatchLayer(512, 8, sink=True)) == "IntraBatchLayer(512, heads=8, dropout=0.1, sink=True)"
     assert str(IntraBatchLayer(512, 8).attention) == "IntraBatchAttention(512, heads=8)"
+    assert str(MessagePassingNetwork(512, 100, 2, 8)) == \
+        "MessagePassingNetwork(512, num_classes=100, num_layers=2, heads=8)"
 
 
 def test_layer_is_post_norm_transformer_block():
@@ -44,10 +48,49 @@ def test_layer_is_post_norm_transformer_block():
 
 
 def test_layer_init():
+    # The official DotAttentionLayer keeps PyTorch's default Linear init in the feed-forward block
+    # (U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias), Xavier only in the attention.
+    torch.manual_seed(0)
     layer = IntraBatchLayer(64, 4)
     for lin in (layer.lin1, layer.lin2):
-        bound = math.sqrt(6 / (lin.in_features + lin.out_features))
-        assert lin.weight.abs().max() <= bound and torch.all(lin.bias == 0)
+        bound = 1 / math.sqrt(lin.in_features)
+        xavier_std = math.sqrt(2 / (lin.in_features + lin.out_features))
+        assert lin.weight.abs().max() <= bound and lin.bias.abs().max() <= bound
+        assert lin.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+        assert lin.weight.std().item() != pytest.approx(xavier_std, rel=0.05)
+        assert lin.bias.abs().max() > bound / 2  # not zero-initialised
+    att = layer.attention.lin_query
+    assert att.weight.std().item() == pytest.approx(math.sqrt(2 / 128), rel=0.05)
+
+
+def test_layer_feed_forward_has_dropout_after_the_relu_and_on_the_residual():
+    # The official block: norm2(h' + dropout2(lin2(dropout(relu(lin1(h')))))). Record what the
+    # inner dropout receives and check the block's output with it replaced by a known mask.
+    torch.manual_seed(0)
+    layer = IntraBatchLayer(D, H, 0.5).double().train()
+    layer.attention.dropout = 0.0
+    layer.dropout1.p = 0.0
+    layer.dropout2.p = 0.0
+    x, edge_index = knn_graph()
+    seen = {}
+    mask = (torch.rand(x.size(0), 4 * D, generator=torch.Generator().manual_seed(1)) > 0.5).double()
+
+    def inner(t):
+        seen["input"] = t
+        return t * mask * 2.0
+
+    layer.dropout_ffn.forward = inner
+    out = layer(x, edge_index)
+    h = layer.norm1(x + layer.attention(x, edge_index))
+    assert torch.allclose(seen["input"], torch.relu(layer.lin1(h)), atol=1e-12)
+    expected = layer.norm2(h + layer.lin2(torch.relu(layer.lin1(h)) * mask * 2.0))
+    assert torch.allclose(out, expected, atol=1e-12)
+    # ... and the residual branch has its own dropout: in training it changes the output.
+    plain = IntraBatchLayer(D, H, 0.5).double()
+    plain.load_state_dict(layer.state_dict())
+    plain.attention.dropout, plain.dropout1.p, plain.dropout_ffn.p = 0.0, 0.0, 0.0
+    plain.train()
+    assert not torch.allclose(plain(x, edge_index), plain.eval()(x, edge_index))
 
 
 @pytest.mark.parametrize("graph", ["full", "knn"])
@@ -82,8 +125,56 @@ def test_mpn_structure_neck_and_classifier():
     mpn = MessagePassingNetwork(D, C, num_layers=2, heads=H)
     assert len(mpn.layers) == 2 and all(isinstance(l, IntraBatchLayer) for l in mpn.layers)
     assert mpn.neck.bias.requires_grad is False and torch.all(mpn.neck.bias == 0)
+    assert torch.all(mpn.neck.weight == 1)
     assert mpn.classifier.bias is None and mpn.classifier.weight.shape == (C, D)
     assert mpn.layers[0].attention.heads == H
+    assert mpn.input_proj is None and not mpn.input_norm  # plain layer defaults
+
+
+def test_mpn_classifier_init_is_normal_std_0001():
+    # The official weights_init_classifier: N(0, 0.001^2), no bias. Xavier (std 0.06 for 512 -> 100)
+    # or PyTorch's default (std 0.026) fail here.
+    torch.manual_seed(0)
+    mpn = MessagePassingNetwork(512, 100)
+    w = mpn.classifier.weight
+    assert w.std().item() == pytest.approx(0.001, rel=0.05) and abs(w.mean().item()) < 1e-4
+    assert mpn.classifier.bias is None
+    mpn.classifier.reset_parameters()  # PyTorch's default for comparison
+    assert mpn.classifier.weight.std().item() > 0.01
+    mpn.reset_parameters()
+    assert mpn.classifier.weight.std().item() == pytest.approx(0.001, rel=0.05)
+
+
+def test_mpn_input_norm_and_projection():
+    torch.manual_seed(0)
+    mpn = MessagePassingNetwork(D, C, num_layers=1, heads=H, input_norm=True, input_proj=True).double().eval()
+    x, edge_index = knn_graph()
+    h, logits = mpn(x, edge_index)
+    # h = layer(W_in (x / ||x||) + b_in): composed by hand.
+    x_unit = x / x.norm(dim=1, keepdim=True)
+    expected = mpn.layers[0](x_unit @ mpn.input_proj.weight.t() + mpn.input_proj.bias, edge_index)
+    assert torch.allclose(h, expected, atol=1e-12)
+    # Normalised input: the scale of the embedding does not matter.
+    h10, logits10 = mpn(10 * x, edge_index)
+    assert torch.allclose(h10, h, atol=1e-12) and torch.allclose(logits10, logits, atol=1e-12)
+    # The projection keeps PyTorch's default Linear init (the official dim_red): U(+-1/sqrt(d)).
+    big = MessagePassingNetwork(512, C, input_proj=True)
+    assert big.input_proj.weight.std().item() == pytest.approx(1 / math.sqrt(3 * 512), rel=0.05)
+    assert big.input_proj.bias.abs().max() > 0
+
+
+def test_mpn_concat_layers_head_sees_every_layer():
+    torch.manual_seed(0)
+    mpn = MessagePassingNetwork(D, C, num_layers=2, heads=H, concat_layers=True).double().eval()
+    assert mpn.neck.num_features == 2 * D and mpn.classifier.weight.shape == (C, 2 * D)
+    x, edge_index = knn_graph()
+    u, logits = mpn(x, edge_index)
+    h1 = mpn.layers[0](x, edge_index)
+    h2 = mpn.layers[1](h1, edge_index)
+    assert u.shape == (x.size(0), 2 * D)
+    assert torch.allclose(u, torch.cat([h1, h2], dim=1), atol=1e-12)
+    bn = (u - mpn.neck.running_mean) / torch.sqrt(mpn.neck.running_var + mpn.neck.eps)
+    assert torch.allclose(logits, bn @ mpn.classifier.weight.t(), atol=1e-12)
 
 
 def test_mpn_forward_composes_layers_neck_classifier():
@@ -128,11 +219,18 @@ def test_mpn_training_step_keeps_neck_bias_zero_and_reaches_input():
 def test_mpn_from_config():
     cfg = load_config(None, ["model.embedding_dim", "32", "mpn.num_layers", "2", "mpn.num_heads", "8",
                              "mpn.dropout", "0.2", "mpn.attention_path", "sparse"], check=False)
-    mpn = MessagePassingNetwork.from_config(cfg, num_classes=7)
+    mpn = build_mpn_from_config(cfg, num_classes=7)
     att = mpn.layers[1].attention
     assert len(mpn.layers) == 2 and att.channels == 32 and att.heads == 8
     assert att.dropout == 0.2 and att.attention_path == "sparse"
     assert mpn.classifier.out_features == 7
+    # The schema's defaults are the official recipe.
+    assert att.sink and mpn.input_norm and mpn.input_proj is not None and not mpn.concat_layers
+    off = load_config(None, ["mpn.attention_sink", "false", "mpn.input_norm", "false", "mpn.input_proj", "false",
+                             "mpn.concat_layers", "true", "mpn.num_layers", "2"], check=False)
+    mpn = build_mpn_from_config(off, num_classes=7)
+    assert not mpn.layers[0].attention.sink and not mpn.input_norm and mpn.input_proj is None
+    assert mpn.classifier.in_features == 2 * 512
 
 
 def test_bad_num_layers():
