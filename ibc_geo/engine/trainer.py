@@ -108,8 +108,9 @@ class Trainer:
         self.model = IntraBatchModel.from_config(
             cfg, self.train_set.num_classes, pretrained="none" if resume else None).to(self.device)
         self.loss_fn = IntraBatchLoss.from_config(cfg)
+        # The official RAdam decays the weights decoupled from the gradient: p -= lr * wd * p.
         self.optimizer = torch.optim.RAdam(self.model.parameters(), lr=cfg.train.lr,
-                                           weight_decay=cfg.train.weight_decay)
+                                           weight_decay=cfg.train.weight_decay, decoupled_weight_decay=True)
         use_scaler = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
@@ -141,15 +142,19 @@ class Trainer:
         }
 
     def _drop_learning_rate(self) -> None:
-        """The paper's schedule: reload the best checkpoint so far, then divide the LR by 10."""
+        """The official schedule (``trainer.py``, epochs 31 and 51): reload the best *weights* so far
+        (the optimizer state is kept), then set ``lr = train.lr * lr_drop_factor`` at every drop,
+        so the LR stays base/10 after the second drop; ``train.lr_drop_cumulative`` multiplies the
+        factors instead (base/100 after two drops)."""
         best = self.ckpt_dir / "best.pt"
         if best.exists():
             state = load_checkpoint(best)
             load_model_state(self.model, state["model"], str(best))
-            self.optimizer.load_state_dict(state["optimizer"])
-            logger.info("epoch %d: reloaded best checkpoint of epoch %d", self.epoch + 1, state["epoch"])
+            logger.info("epoch %d: reloaded the weights of the best checkpoint (epoch %d)",
+                        self.epoch + 1, state["epoch"])
         self.drops += 1
-        lr = self.cfg.train.lr * self.cfg.train.lr_drop_factor ** self.drops
+        train = self.cfg.train
+        lr = train.lr * train.lr_drop_factor ** (self.drops if train.lr_drop_cumulative else 1)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 

@@ -1,4 +1,5 @@
 """End-to-end training on tiny data: outputs, exact resume, NaN stop, LR drop, selection, errors."""
+import copy
 import json
 import math
 import os
@@ -117,7 +118,56 @@ def test_nan_loss_in_the_first_epoch_names_no_checkpoint(tiny_cfg, monkeypatch):
     assert not os.path.exists(os.path.join(cfg.output_dir, "checkpoints", "last.pt"))
 
 
-def test_lr_drop_reloads_the_best_checkpoint(tiny_cfg, monkeypatch):
+@pytest.mark.parametrize("cumulative", [False, True])
+def test_lr_drops_reload_the_best_weights_and_keep_the_optimizer_state(tiny_cfg, monkeypatch, cumulative):
+    # The official schedule scaled down: drops at epochs 3 and 5 of 6 (paper: 31 and 51 of 70).
+    cfg = tiny_cfg("train.epochs", "6", "train.lr_drop_epochs", "[3, 5]", "train.lr", "1e-3",
+                   "train.lr_drop_cumulative", str(cumulative).lower())
+    scores = iter([0.9, 0.5, 0.7, 0.95, 0.6, 0.1])  # best: epoch 1 before the first drop, 4 before the second
+    real_evaluate = trainer_module.evaluate_model
+
+    def scripted(cfg_, model, dataset, device):
+        metrics = real_evaluate(cfg_, model, dataset, device)
+        if dataset.split == "val":
+            metrics["recall@1"] = next(scores)
+        return metrics
+
+    lr, reloaded, opt_before, opt_after = {}, {}, {}, {}
+    original = trainer_module.Trainer._train_epoch
+
+    def spy(self, epoch, writer):
+        lr[epoch] = [g["lr"] for g in self.optimizer.param_groups]
+        if epoch in (3, 5):
+            best = load_checkpoint(self.ckpt_dir / "best.pt")
+            reloaded[epoch] = best["epoch"], all(
+                torch.equal(v, best["model"][k]) for k, v in self.model.state_dict().items())
+        opt_before[epoch] = copy.deepcopy(self.optimizer.state_dict()["state"])
+        result = original(self, epoch, writer)
+        opt_after[epoch] = copy.deepcopy(self.optimizer.state_dict()["state"])
+        return result
+
+    monkeypatch.setattr(trainer_module, "evaluate_model", scripted)
+    monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", spy)
+    result = train(cfg)
+    second = 1e-5 if cumulative else 1e-4  # official: base / 10 after both drops
+    for epoch, want in {1: 1e-3, 2: 1e-3, 3: 1e-4, 4: 1e-4, 5: second, 6: second}.items():
+        assert lr[epoch] == pytest.approx([want] * len(lr[epoch])), epoch
+    # Each drop reloads the best weights so far: epoch 1's at epoch 3, epoch 4's at epoch 5 ...
+    assert reloaded == {3: (1, True), 5: (4, True)}
+    # ... but keeps the optimizer state of the run (RAdam's step counts and moments go on).
+    for epoch in (3, 5):
+        before, after = opt_before[epoch], opt_after[epoch - 1]
+        assert before.keys() == after.keys()
+        for i in before:
+            for name, value in before[i].items():
+                assert torch.equal(value, after[i][name]), (epoch, i, name)
+    steps = {float(s["step"]) for s in opt_before[3].values()}
+    assert steps == {4.0}  # two epochs of two iterations, not best.pt's (epoch 1: 2 steps)
+    best = load_checkpoint(os.path.join(cfg.output_dir, "checkpoints", "best.pt"))
+    assert best["epoch"] == 4 and result["selection"]["best_epoch"] == 4
+
+
+def test_lr_drop_reloads_exactly_the_best_checkpoint_weights(tiny_cfg, monkeypatch):
     cfg = tiny_cfg("train.epochs", "3", "train.lr_drop_epochs", "[3]", "train.lr", "1e-3")
     scores = iter([0.9, 0.5, 0.7])  # epoch 1 is the best before the drop at epoch 3
     real_evaluate = trainer_module.evaluate_model
@@ -133,19 +183,32 @@ def test_lr_drop_reloads_the_best_checkpoint(tiny_cfg, monkeypatch):
 
     def spy(self, epoch, writer):
         if epoch == 3:
-            seen["lr"] = [g["lr"] for g in self.optimizer.param_groups]
             seen["weights"] = {k: v.clone() for k, v in self.model.state_dict().items()}
         return original(self, epoch, writer)
 
     monkeypatch.setattr(trainer_module, "evaluate_model", scripted)
     monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", spy)
-    result = train(cfg)
-    assert seen["lr"] == pytest.approx([1e-4] * len(seen["lr"]))
+    train(cfg)
     best = load_checkpoint(os.path.join(cfg.output_dir, "checkpoints", "best.pt"))
     assert best["epoch"] == 1
     for key, value in best["model"].items():
         assert torch.equal(seen["weights"][key], value), key
-    assert result["selection"]["best_epoch"] == 1
+
+
+def test_radam_weight_decay_is_decoupled(tiny_cfg):
+    from ibc_geo.engine.trainer import Trainer
+
+    trainer = Trainer(tiny_cfg("train.weight_decay", "0.01"))
+    trainer._build(None)
+    group = trainer.optimizer.param_groups[0]
+    assert isinstance(trainer.optimizer, torch.optim.RAdam)
+    assert group["decoupled_weight_decay"] is True and group["weight_decay"] == 0.01
+    # One step with a zero gradient: decoupled decay alone moves p to p * (1 - lr * wd).
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.RAdam([p], lr=0.1, weight_decay=0.01, decoupled_weight_decay=True)
+    p.grad = torch.zeros(3)
+    opt.step()
+    assert torch.allclose(p.detach(), torch.full((3,), 1 - 0.1 * 0.01))
 
 
 def test_val_selection_reads_the_test_split_only_at_the_end(tiny_cfg, monkeypatch):
