@@ -36,40 +36,12 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 from torch_geometric.nn import MessagePassing
-from torch_geometric.utils import is_sparse, scatter, softmax
+from torch_geometric.utils import softmax
+
+from ibc_geo.nn.dense_attention import dense_attention, dense_plan, sink_softmax
 
 PATHS = ("auto", "dense", "sparse")
-
-
-def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], p: float) -> Tensor:
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-
-
-def sink_softmax(src: Tensor, index: Tensor, num_nodes: Optional[int] = None) -> Tensor:
-    r"""Softmax over the edges of each target node with one extra zero logit, the "sink":
-
-    .. math::
-        \alpha_{ij} = \frac{\exp(s_{ij})}{1 + \sum_{k \in \mathcal{N}(i)} \exp(s_{ik})}
-
-    computed stably as :math:`\exp(s_{ij} - m_i) / (e^{-m_i} + \sum_k \exp(s_{ik} - m_i))` with
-    :math:`m_i = \max(0, \max_k s_{ik})` (the official code's ``net/utils.py`` ``softmax``). The
-    coefficients of a node sum to less than 1: it may also attend to "nothing".
-
-    Args:
-        src (torch.Tensor): Logits :math:`(E, *)`.
-        index (torch.Tensor): Target node of each edge :math:`(E,)`.
-        num_nodes (int, optional): Number of target nodes. (default: ``index.max() + 1``)
-    """
-    if num_nodes is not None:
-        N = num_nodes
-    else:
-        N = int(index.max()) + 1 if index.numel() > 0 else 0
-    m = scatter(src.detach(), index, dim=0, dim_size=N, reduce="max").clamp(min=0.0)
-    e = (src - m.index_select(0, index)).exp()
-    denom = scatter(e, index, dim=0, dim_size=N, reduce="sum") + (-m).exp()
-    return e / denom.index_select(0, index)
 
 
 class IntraBatchAttention(MessagePassing):
@@ -158,36 +130,11 @@ class IntraBatchAttention(MessagePassing):
             torch.nn.init.xavier_uniform_(lin.weight)
             torch.nn.init.zeros_(lin.bias)
 
-    # ------------------------------------------------------------------ path choice
     def dense_plan(self, edge_index: Tensor, num_nodes: int) -> Tuple[bool, Optional[Tensor]]:
-        r"""``(use_dense, mask)``: whether the dense path runs and its ``(N, N)`` boolean mask
-        (``mask[i, j]`` = edge ``j -> i``; ``None`` for the full graph, where SDPA runs unmasked).
-        """
-        path = self.attention_path
-        if path == "sparse" or not isinstance(edge_index, Tensor) or is_sparse(edge_index):
-            if path == "dense":
-                raise ValueError("attention_path='dense' needs edge_index as a (2, E) tensor")
-            return False, None
-        N, E = num_nodes, edge_index.size(1)
-        if path == "auto":
-            if N == 0 or E == 0 or N > self.dense_max_nodes:
-                return False, None
-            if E != N * N and E < self.dense_min_density * N * N:
-                return False, None
-        # Integer / boolean work only: nothing here enters autograd.
-        flat = edge_index[1] * N + edge_index[0]
-        mask = torch.zeros(N * N, dtype=torch.bool, device=edge_index.device)
-        mask.index_fill_(0, flat, True)
-        distinct = int(mask.sum())
-        if distinct != E:
-            if path == "dense":
-                raise ValueError(
-                    f"attention_path='dense' needs a graph without duplicate edges; edge_index has "
-                    f"{E} edges but {distinct} distinct ones (use attention_path='sparse')")
-            return False, None
-        if distinct == N * N:
-            return True, None
-        return True, mask.view(N, N)
+        r"""``(use_dense, mask)`` for this layer's ``attention_path``
+        (:func:`~ibc_geo.nn.dense_attention.dense_plan`)."""
+        return dense_plan(edge_index, num_nodes, self.attention_path, self.dense_min_density,
+                          self.dense_max_nodes)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor, edge_index: Tensor,
@@ -210,7 +157,9 @@ class IntraBatchAttention(MessagePassing):
 
         use_dense, mask = self.dense_plan(edge_index, N)
         if use_dense:
-            out, alpha = self._dense(query, key, value, mask, edge_index, need_alpha)
+            p = self.dropout if self.training else 0.0
+            out, alpha = dense_attention(query, key, value, mask, edge_index, need_alpha, self.sink, p,
+                                         self.dense_chunk_bytes)
         else:
             out = self.propagate(edge_index, query=query, key=key, value=value, size=(N, N))
             alpha = self._alpha
@@ -220,63 +169,6 @@ class IntraBatchAttention(MessagePassing):
             assert alpha is not None
             return out, (edge_index, alpha)
         return out
-
-    def _dense(self, query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor],
-               edge_index: Tensor, need_alpha: bool) -> Tuple[Tensor, Optional[Tensor]]:
-        N = query.size(0)
-        q = query.transpose(0, 1).unsqueeze(0)  # (1, H, N, C)
-        k = key.transpose(0, 1).unsqueeze(0)
-        v = value.transpose(0, 1).unsqueeze(0)
-        isolated: Optional[Tensor] = None
-        if self.sink:
-            # The sink is one more key with logit <q, 0> = 0 and a zero value, attended by every node.
-            k = torch.cat([k, k.new_zeros(k.size(0), k.size(1), 1, k.size(3))], dim=2)
-            v = torch.cat([v, v.new_zeros(v.size(0), v.size(1), 1, v.size(3))], dim=2)
-            if mask is not None:
-                mask = torch.cat([mask, mask.new_ones(N, 1)], dim=1)
-        elif mask is not None:
-            has_in = mask.any(dim=1)
-            if not bool(has_in.all()):
-                # A row without any key makes softmax 0/0; attend to itself, then zero the row.
-                isolated = ~has_in
-                mask = mask | torch.diag_embed(isolated)
-        p = self.dropout if self.training else 0.0
-        alpha: Optional[Tensor] = None
-        if not need_alpha:
-            big = q.size(1) * N * k.size(2) * q.element_size() > self.dense_chunk_bytes
-            if big and not torch.jit.is_scripting():
-                out = self._sdpa_by_heads(q, k, v, mask, p)
-            else:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        else:
-            score = (q @ k.transpose(-1, -2)) / math.sqrt(q.size(-1))
-            if mask is not None:
-                score = score.masked_fill(~mask, float("-inf"))
-            attn = score.softmax(dim=-1)  # (1, H, N, N), or (1, H, N, N + 1) with the sink
-            alpha = attn[0][:, edge_index[1], edge_index[0]].t()  # (E, H)
-            out = F.dropout(attn, p=p, training=self.training) @ v
-        out = out.squeeze(0).transpose(0, 1)  # (N, H, C)
-        if isolated is not None:
-            out = out.masked_fill(isolated.view(N, 1, 1), 0.0)
-        return out, alpha
-
-    @torch.jit.unused
-    def _sdpa_by_heads(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], p: float,
-                       use_checkpoint: Optional[bool] = None) -> Tensor:
-        """SDPA over chunks of heads of at most ``dense_chunk_bytes`` of scores each; with
-        gradients, each chunk is checkpointed (recomputed in backward with the same dropout)."""
-        per_head = q.size(2) * k.size(2) * q.element_size()
-        step = max(1, self.dense_chunk_bytes // per_head)
-        if use_checkpoint is None:
-            use_checkpoint = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-        outs = []
-        for h in range(0, q.size(1), step):
-            chunk = (q[:, h:h + step], k[:, h:h + step], v[:, h:h + step])
-            if use_checkpoint:
-                outs.append(checkpoint(_sdpa, *chunk, mask, p, use_reentrant=False))
-            else:
-                outs.append(_sdpa(*chunk, mask, p))
-        return torch.cat(outs, dim=1)
 
     def message(self, query_i: Tensor, key_j: Tensor, value_j: Tensor, index: Tensor,
                 ptr: Optional[Tensor], size_i: Optional[int]) -> Tensor:

@@ -9,6 +9,7 @@ from torch_geometric.data import Batch, Data
 
 from ibc_geo.graph import build_topology
 from ibc_geo.nn import IntraBatchAttention, attention_entropy, same_class_attention_share
+from ibc_geo.nn.dense_attention import sdpa_by_heads
 
 PATHS = ["sparse", "dense", "auto"]
 D, H = 8, 2
@@ -418,7 +419,7 @@ def test_dense_chunk_checkpoint_replays_the_same_dropout():
     grads, outs = [], []
     for use_checkpoint in (False, True):
         torch.manual_seed(3)
-        out = m._sdpa_by_heads(q, k, v, None, 0.5, use_checkpoint=use_checkpoint)
+        out = sdpa_by_heads(q, k, v, None, 0.5, m.dense_chunk_bytes, use_checkpoint=use_checkpoint)
         out.square().sum().backward()
         outs.append(out.detach())
         grads.append([t.grad.clone() for t in (q, k, v)])
