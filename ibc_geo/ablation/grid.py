@@ -22,7 +22,7 @@ Rules:
   ``full`` point into copies that differ only in a key ``full`` ignores. A tied key and its parents
   must all be grid keys, and the listed parent values must be among the parent's grid values.
   Ties may chain (a parent may itself be tied); cycles are rejected.
-- Keys known to have no effect under some value of another key (:data:`NO_EFFECT`, e.g.
+- Keys known to have no effect under some value of another key (:func:`no_effect_rule`, e.g.
   ``graph.k`` under ``graph.topology full``) are checked per point once the configs are built
   (:func:`check_point_effect`): a point that varies such a key where it has no effect is rejected,
   whether the other key comes from the grid or from the base config.
@@ -59,14 +59,19 @@ RESERVED_KEYS = {
     "eval.selection": "every point must share the selection split that sorts the table",
 }
 
-# key (or "section." prefix) -> (other key, values of it under which the key has no effect).
-# Only the built-in topologies are listed; a user-registered topology is never flagged.
-NO_EFFECT = {
-    "graph.k": ("graph.topology", ("none", "self", "full", "threshold", "same_class")),
-    "graph.threshold": ("graph.topology", ("none", "self", "full", "knn", "random", "same_class")),
-    "mpn.": ("graph.topology", ("none",)),
-    "loss.mpn_weight": ("graph.topology", ("none",)),
-}
+def no_effect_rule(key: str):
+    """``(other key, values of it under which ``key`` has no effect)``, or ``None``; asked of the
+    registered topologies, so that a user's topology is covered too: a ``graph.*`` key has no
+    effect under the topologies whose ``uses`` lacks it, the MPN's keys under those without
+    message passing."""
+    from ibc_geo.graph import TOPOLOGIES
+
+    classes = {name: TOPOLOGIES.get(name) for name in TOPOLOGIES.names()}
+    if key.startswith("graph.") and key != "graph.topology":
+        return "graph.topology", tuple(n for n, c in classes.items() if key not in c.uses)
+    if key.startswith("mpn.") or key == "loss.mpn_weight":
+        return "graph.topology", tuple(n for n, c in classes.items() if not c.message_passing)
+    return None
 
 
 class GridError(ConfigError):
@@ -345,11 +350,9 @@ def check_seeds(seeds: Sequence[int], source: str = "--seeds") -> list[int]:
 
 
 def check_point_effect(grid: Grid, point: GridPoint, cfg) -> None:
-    """Reject a point that varies a key where it has no effect (see :data:`NO_EFFECT`)."""
+    """Reject a point that varies a key where it has no effect (see :func:`no_effect_rule`)."""
     for key, _ in point.values:
-        rule = NO_EFFECT.get(key) or next(
-            (r for prefix, r in NO_EFFECT.items() if prefix.endswith(".") and key.startswith(prefix)), None
-        )
+        rule = no_effect_rule(key)
         if rule is None:
             continue
         other, no_effect = rule

@@ -128,6 +128,12 @@ def _merge_layer(cfg: DictConfig, layer: dict, source: str) -> DictConfig:
         raise ConfigError(f"bad value for config key {key!r} in {source}: {value!r} ({msg})") from None
 
 
+def _topology_class(name: str):
+    from ibc_geo.graph import TOPOLOGIES
+
+    return TOPOLOGIES.get(name)
+
+
 def _registered_names(kind: str) -> list[str]:
     if kind == "data.name":
         from ibc_geo.data import DATASETS
@@ -166,8 +172,8 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.sampler.batch_size not in (0, batch):
         fail("sampler.batch_size", cfg.sampler.batch_size,
              f"must equal classes_per_batch x samples_per_class = {P} x {K} = {batch} (or 0)")
-    if cfg.graph.topology in ("knn", "random") and not 1 <= cfg.graph.k < batch:
-        fail("graph.k", cfg.graph.k, f"must be in [1, batch size) = [1, {batch}) for topology {cfg.graph.topology!r}")
+    for key, value, allowed in _topology_class(cfg.graph.topology).check_config(cfg):
+        fail(key, value, allowed)
     if cfg.model.embedding_dim < 1:
         fail("model.embedding_dim", cfg.model.embedding_dim, "must be positive")
     if cfg.mpn.num_heads < 1 or cfg.model.embedding_dim % cfg.mpn.num_heads:

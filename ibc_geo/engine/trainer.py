@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -327,7 +328,7 @@ class Trainer:
         }
         atomic_write_json(self.out / "metrics.json", result)
         writer.add_hparams(
-            _hparams(cfg),
+            _hparams(cfg, self.model.topology),
             {f"hparam/test_{k}": v for k, v in test.items() if k.startswith(FRACTION_METRICS)}
             | {f"hparam/{cfg.eval.selection}_{cfg.eval.metric}": result["selection"]["best_value"] or 0.0},
             run_name="hparams",
@@ -339,14 +340,12 @@ class Trainer:
         return result
 
 
-def _hparams(cfg) -> dict:
-    """The config keys that tell runs apart in TensorBoard's HPARAMS view."""
-    keys = ["data.name", "model.backbone", "model.embedding_dim", "graph.topology", "graph.k", "graph.threshold",
-            "mpn.num_layers", "mpn.num_heads", "loss.temperature", "loss.mpn_weight", "train.lr", "seed"]
-    flat = {}
-    for key in keys:
-        node = cfg
-        for part in key.split("."):
-            node = node[part]
-        flat[key] = node
-    return flat
+def _hparams(cfg, topology) -> dict:
+    """The config keys that tell runs apart in TensorBoard's HPARAMS view: the common ones and the
+    keys the run's topology reads (no ``graph.k`` for the full graph, no MPN keys without one)."""
+    keys = ["data.name", "model.backbone", "model.embedding_dim", "graph.topology"]
+    keys += [k for k in topology.uses if k.startswith("graph.")]
+    if topology.message_passing:
+        keys += ["mpn.num_layers", "mpn.num_heads", "loss.mpn_weight"]
+    keys += ["loss.temperature", "train.lr", "seed"]
+    return {key: OmegaConf.select(cfg, key) for key in keys}

@@ -21,13 +21,16 @@ never enters the autograd graph. Adding a topology is one new class::
         def select(self, sim, y):   # (B, B) bool mask, mask[i, j] = edge j -> i
             ...
 
-``from_config`` is the only method that reads the config; ``build_topology(name, **kwargs)``
-and ``build_topology_from_config(cfg)`` are the entry points.
+``from_config`` is the only method that reads the config, and the class says which keys it
+reads (``uses``) and checks their values (``check_config``): the config checks, the ablation
+grid's "no effect" rule and TensorBoard's hparams ask the registered classes, so a topology a
+user registers is checked like the built-in ones. ``build_topology(name, **kwargs)`` and
+``build_topology_from_config(cfg)`` are the entry points.
 """
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type, TypeVar
 
 import torch
 from torch import Tensor
@@ -84,6 +87,9 @@ class Topology(BaseTransform):
     message_passing: bool = True
     #: True when the topology reads ``data.y`` (a training-time oracle).
     needs_labels: bool = False
+    #: The config keys ``from_config`` reads: elsewhere they have no effect (an ablation grid may not
+    #: vary them, TensorBoard's hparams omit them).
+    uses: Tuple[str, ...] = ("graph.similarity",)
 
     def __init__(self, similarity: str = "correlation") -> None:
         if similarity not in SIMILARITIES:
@@ -97,6 +103,18 @@ class Topology(BaseTransform):
     def from_config(cls, cfg: Any) -> "Topology":
         """Build from ``cfg.graph`` (and ``cfg.seed`` where a subclass needs it)."""
         return cls(similarity=cfg.graph.similarity)
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> List[Tuple[str, Any, str]]:
+        """``[(key, value, what is allowed), ...]`` for the keys of ``uses`` whose value cannot work
+        with this config (empty when all is well). ``graph.k`` must be in ``[1, batch size)``."""
+        problems = []
+        if "graph.k" in cls.uses:
+            batch = cfg.sampler.classes_per_batch * cfg.sampler.samples_per_class
+            if not 1 <= cfg.graph.k < batch:
+                problems.append(("graph.k", cfg.graph.k,
+                                 f"must be in [1, batch size) = [1, {batch}) for topology {cls.name!r}"))
+        return problems
 
     @abstractmethod
     def select(self, sim: Tensor, y: Optional[Tensor]) -> Tensor:

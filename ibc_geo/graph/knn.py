@@ -30,6 +30,8 @@ class KNNTopology(Topology):
         - **output:** ``data.edge_index`` :math:`(2, Bk)`, ``data.edge_attr`` :math:`(Bk,)`
     """
 
+    uses = ("graph.k", "graph.similarity")
+
     def __init__(self, k: int = 10, similarity: str = "correlation") -> None:
         super().__init__(similarity)
         if k < 1:

@@ -26,6 +26,8 @@ class NoTopology(Topology):
         - **output:** ``data.edge_index`` :math:`(2, 0)`, ``data.edge_attr`` :math:`(0,)`
     """
 
+    uses = ()
+
     message_passing = False
 
     def select(self, sim: Tensor, y: Optional[Tensor]) -> Tensor:

@@ -34,6 +34,8 @@ class RandomTopology(Topology):
         - **output:** ``data.edge_index`` :math:`(2, B(k+1))`, ``data.edge_attr`` :math:`(B(k+1),)`
     """
 
+    uses = ("graph.k", "seed", "graph.similarity")
+
     def __init__(self, k: int = 10, seed: int = 0, similarity: str = "correlation") -> None:
         super().__init__(similarity)
         if k < 1:

@@ -30,6 +30,8 @@ class ThresholdTopology(Topology):
           :math:`B \le E \le B^2`
     """
 
+    uses = ("graph.threshold", "graph.similarity")
+
     def __init__(self, threshold: float = 0.5, similarity: str = "correlation") -> None:
         super().__init__(similarity)
         self.threshold = float(threshold)

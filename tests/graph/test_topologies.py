@@ -280,3 +280,49 @@ def test_pyg_batch_with_interleaved_graph_ids():
     assert edge_set(out.edge_index) == {(j, i) for i in range(6) for j in range(6) if (i - j) % 2 == 0}
     key = out.edge_index[1] * 6 + out.edge_index[0]
     assert torch.equal(key, key.sort().values)
+
+
+def test_a_registered_topology_carries_its_config_knowledge():
+    # A user's topology says which keys it reads; the config checks, the ablation grid's no-effect
+    # rule and the hparams ask it, with no table to edit anywhere else.
+    from ibc_geo.ablation.grid import no_effect_rule
+    from ibc_geo.config import ConfigError
+    from ibc_geo.engine.trainer import _hparams
+    from ibc_geo.graph import register_topology
+
+    @register_topology("test_hops")
+    class Hops(Topology):
+        uses = ("graph.k", "graph.similarity")
+
+        def __init__(self, k=2, similarity="correlation"):
+            super().__init__(similarity)
+            self.k = k
+
+        @classmethod
+        def from_config(cls, cfg):
+            return cls(k=cfg.graph.k, similarity=cfg.graph.similarity)
+
+        def select(self, sim, y):
+            B = sim.size(0)
+            idx = torch.arange(B)
+            mask = torch.zeros(B, B, dtype=torch.bool)
+            for h in range(self.k):
+                mask[idx, (idx + h) % B] = True
+            return mask
+
+    try:
+        pk = ["sampler.classes_per_batch", "2", "sampler.samples_per_class", "3"]
+        cfg = load_config(None, ["graph.topology", "test_hops", "graph.k", "3", "data.val_classes", "0.5"] + pk)
+        assert build_topology_from_config(cfg).k == 3
+        with pytest.raises(ConfigError, match=r"'graph.k': 6; must be in \[1, batch size\) = \[1, 6\) "
+                                              r"for topology 'test_hops'"):
+            load_config(None, ["graph.topology", "test_hops", "graph.k", "6"] + pk)
+        other, no_effect = no_effect_rule("graph.k")
+        assert other == "graph.topology" and "test_hops" not in no_effect and "full" in no_effect
+        assert "test_hops" in no_effect_rule("graph.threshold")[1]
+        assert "test_hops" not in no_effect_rule("mpn.num_heads")[1] and "none" in no_effect_rule("mpn.num_heads")[1]
+        assert "graph.k" in _hparams(cfg, build_topology_from_config(cfg))
+        full = load_config(None, ["graph.k", "3"] + pk + ["data.val_classes", "0.5"])
+        assert "graph.k" not in _hparams(full, build_topology_from_config(full))
+    finally:
+        TOPOLOGIES._items.pop("test_hops")
