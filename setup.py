@@ -29,6 +29,14 @@ setup(
         "tensorboard>=2.14",
         "tqdm>=4.64",
     ],
+    entry_points={
+        "console_scripts": [
+            "ibc-train = ibc_geo.cli.train:console",
+            "ibc-eval = ibc_geo.cli.eval:console",
+            "ibc-ablate = ibc_geo.cli.ablate:console",
+            "ibc-check-dataset = ibc_geo.cli.check_dataset:console",
+        ],
+    },
     extras_require={
         # torch-scatter compiles from source against the installed torch:
         #   pip install --no-build-isolation -e ".[scatter]"

@@ -1,11 +1,8 @@
-"""Verify a dataset directory and print a summary table; exit code 1 if anything is wrong.
-
-    python tools/check_dataset.py --cfg configs/cub.yaml data.root /data/CUB_200_2011
-    python tools/check_dataset.py --no-decode --cfg configs/sop.yaml   # presence only, fast
-"""
+"""``ibc-check-dataset`` / ``python tools/check_dataset.py --cfg CFG [--no-decode] [--subset] [KEY VALUE ...]``."""
 import sys
 
-from ibc_geo.data.check import main
+from ibc_geo.cli import check_dataset
+from ibc_geo.cli.common import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(check_dataset.main))

@@ -1,17 +1,8 @@
-"""Train ibc_geo: ``python tools/train.py --cfg configs/sop.yaml [KEY VALUE ...]``."""
-import argparse
+"""``ibc-train`` / ``python tools/train.py --cfg FILE [KEY VALUE ...]``: train one run."""
+import sys
 
-from ibc_geo.config import add_config_arguments, config_from_args
-from ibc_geo.engine import train
-from ibc_geo.utils.cli import run_tool
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_config_arguments(parser, cfg_required=False)
-    cfg = config_from_args(parser.parse_intermixed_args())
-    train(cfg)
-
+from ibc_geo.cli import train
+from ibc_geo.cli.common import run
 
 if __name__ == "__main__":
-    run_tool(main)
+    sys.exit(run(train.main))

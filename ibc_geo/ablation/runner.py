@@ -34,6 +34,7 @@ from typing import Callable, Sequence
 
 from omegaconf import DictConfig
 
+from ibc_geo.utils.errors import UserError
 from ibc_geo.ablation.grid import (
     RESERVED_KEYS,
     Grid,
@@ -56,7 +57,7 @@ NOT_COMPARED = ("output_dir", "train.resume", "train.overwrite")
 STATUS_OVERRIDES = {"new": [], "restart": ["train.overwrite", "true"], "resume": ["train.resume", "true"]}
 
 
-class AblationError(RuntimeError):
+class AblationError(UserError, RuntimeError):
     """A run folder the runner cannot use as is (changed config, unreadable metrics)."""
 
     exit_code = 1

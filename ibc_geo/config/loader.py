@@ -13,6 +13,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ibc_geo.utils.errors import UserError
 from ibc_geo.config.schema import CHOICES, Config
 from ibc_geo.utils.registry import closest
 
@@ -20,10 +21,8 @@ BASE_KEY = "_BASE_"
 COMMAND_LINE = "the command line"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad config: unknown key, wrong type, value outside its choices, broken invariant."""
-
-    exit_code = 2
 
 
 def default_config() -> DictConfig:

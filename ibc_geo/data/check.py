@@ -1,11 +1,11 @@
 """Verify a dataset directory: annotation files, counts per split, missing / unreadable images.
 
 The logic of ``tools/check_dataset.py``: :func:`check_dataset` returns a :class:`CheckReport`
-(a summary table and the list of problems); :func:`main` prints it and returns the exit code.
+(a summary table and the list of problems); :mod:`ibc_geo.cli.check_dataset` prints it and
+returns the exit code.
 """
 from __future__ import annotations
 
-import argparse
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -133,23 +133,3 @@ def check_dataset(cfg, decode: bool = True, expected_counts: bool = True, thread
     if len(bad) > MAX_LISTED:
         report.problems.append(f"... and {len(bad) - MAX_LISTED} more missing or unreadable images")
     return report
-
-
-def main(argv=None) -> int:
-    """``tools/check_dataset.py --cfg CFG [--no-decode] [--subset] [KEY VALUE ...]``: 0 if OK, else 1."""
-    from ibc_geo.config import add_config_arguments, config_from_args
-
-    parser = argparse.ArgumentParser(
-        prog="tools/check_dataset.py",
-        description="Verify a dataset directory: files present, counts per split, unreadable or truncated "
-                    "images. Exit code 1 if anything is wrong.")
-    parser.add_argument("--no-decode", action="store_true",
-                        help="only test that each image exists and is not empty (fast)")
-    parser.add_argument("--subset", action="store_true",
-                        help="do not compare counts with the complete dataset's (METHOD.md §3)")
-    add_config_arguments(parser)
-    args = parser.parse_intermixed_args(argv)
-    cfg = config_from_args(args)
-    report = check_dataset(cfg, decode=not args.no_decode, expected_counts=not args.subset)
-    print(report.summary())
-    return 0 if report.ok else 1

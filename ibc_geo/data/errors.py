@@ -1,10 +1,12 @@
 """The one error type of the data package, and the message shown when a dataset is not where expected."""
 from __future__ import annotations
 
+from ibc_geo.utils.errors import UserError
+
 CHECK_COMMAND = "python tools/check_dataset.py --cfg CFG data.name {name} data.root {root}"
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset that cannot be read: missing root or file, malformed annotation, bad split."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import torch
 
+from ibc_geo.utils.errors import UserError
 from ibc_geo.config import config_differences  # noqa: F401  (re-exported for the engine)
 from ibc_geo.utils.io import atomic_write
 from ibc_geo.utils.state import state_dict_mismatch
@@ -16,7 +17,7 @@ RUNTIME_KEYS = (
 )
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, unreadable, or from another architecture or config."""
 
 

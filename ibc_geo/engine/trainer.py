@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from ibc_geo.utils.errors import UserError
 from ibc_geo.config import config_to_dict, save_config
 from ibc_geo.data import build_dataset, build_train_loader, build_transforms
 from ibc_geo.engine import visualize
@@ -43,12 +44,14 @@ logger = logging.getLogger("ibc_geo")
 FRACTION_METRICS = ("recall@", "map@r", "r_precision", "precision@1", "nmi")
 
 
-class RunExistsError(RuntimeError):
+class RunExistsError(UserError, RuntimeError):
     """``output_dir`` already holds a run and neither ``train.resume`` nor ``train.overwrite`` is set."""
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """A loss term became NaN or infinite; the run stops, ``last.pt`` of the last epoch stays intact."""
+
+    exit_code = 1
 
 
 def train(cfg) -> dict:

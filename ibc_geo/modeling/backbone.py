@@ -18,12 +18,13 @@ import torch
 from torch import nn
 from torchvision.models import get_model, get_model_weights
 
+from ibc_geo.utils.errors import UserError
 from ibc_geo.utils.state import state_dict_mismatch
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(UserError, RuntimeError):
     """ImageNet weights could not be had, or a local state dict does not fit the architecture."""
 
 
