@@ -54,7 +54,9 @@ def estimate_gb(method: str, graph: str, B: int) -> float:
     return base + 6 * H * B * B * 4 / 1e9
 
 
-def build(method: str, graph: str, B: int):
+def build(method: str, graph: str, B: int, device: str = "cpu"):
+    """``(step, used_dense, plan)`` for one layer of ``method`` on ``graph`` with ``B`` nodes on
+    ``device``: ``step()`` runs one forward + backward; ``plan()`` re-runs auto's path decision."""
     import torch
 
     if THREADS:
@@ -66,14 +68,14 @@ def build(method: str, graph: str, B: int):
     from ibc_geo.nn import IntraBatchAttention
 
     torch.manual_seed(0)
-    x0 = torch.randn(B, D)
+    x0 = torch.randn(B, D).to(device)
     topo = build_topology("full") if graph == "full" else build_topology("knn", k=K)
     edge_index = topo(Data(x=x0)).edge_index
     if method == "pyg":
         layer = TransformerConv(D, D // H, heads=H, dropout=0.1, root_weight=False)
     else:
         layer = IntraBatchAttention(D, H, dropout=0.1, attention_path=method)
-    layer.train()
+    layer.to(device).train()
     x = x0.clone().requires_grad_(True)
 
     def step() -> None:
@@ -88,19 +90,30 @@ def build(method: str, graph: str, B: int):
     return step, used_dense, lambda: layer.dense_plan(edge_index, B)
 
 
-def child_time(methods: list, graph: str, B: int, min_time: float) -> dict:
-    """Round-robin repetitions of all methods in one process, so they share the same load."""
-    steps = {m: build(m, graph, B) for m in methods}
+def _sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def child_time(methods: list, graph: str, B: int, min_time: float, device: str = "cpu",
+               min_reps: int = 3, max_reps: int = 30, warmup: int = 2) -> dict:
+    """Round-robin repetitions of all methods in one process, so they share the same load; on
+    CUDA each repetition is timed between two synchronisations."""
+    steps = {m: build(m, graph, B, device) for m in methods}
     for step, _, _ in steps.values():  # warm-up: first calls allocate and pick kernels
-        step()
-        step()
+        for _ in range(warmup):
+            step()
+    _sync(device)
     times = {m: [] for m in methods}
     start = time.perf_counter()
-    while min(len(t) for t in times.values()) < 3 or (
-            time.perf_counter() - start < min_time * len(methods) and min(len(t) for t in times.values()) < 30):
+    while min(len(t) for t in times.values()) < min_reps or (
+            time.perf_counter() - start < min_time * len(methods) and min(len(t) for t in times.values()) < max_reps):
         for m, (step, _, _) in steps.items():
             t = time.perf_counter()
             step()
+            _sync(device)
             times[m].append(time.perf_counter() - t)
     result = {m: {"ms": 1e3 * min(times[m]), "reps": len(times[m]), "dense": steps[m][1]} for m in methods}
     if "auto" in steps:  # what auto adds to the path it picks: the O(E) plan, timed alone
@@ -109,9 +122,31 @@ def child_time(methods: list, graph: str, B: int, min_time: float) -> dict:
         for _ in range(5):
             t = time.perf_counter()
             plan()
+            _sync(device)
             plan_times.append(time.perf_counter() - t)
         result["auto"]["plan_ms"] = 1e3 * min(plan_times)
     return result
+
+
+def cuda_peak_memory(method: str, graph: str, B: int, device: str = "cuda") -> dict:
+    """Peak CUDA memory (``torch.cuda.max_memory_allocated``) of one forward + backward after one
+    warm-up step; ``setup_gb`` is what the inputs, graph and parameters hold before it."""
+    import torch
+
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    step, _, _ = build(method, graph, B, device)
+    setup = torch.cuda.memory_allocated(device) - base
+    step()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - base
+    del step
+    torch.cuda.empty_cache()
+    return {"peak_gb": peak / 1e9, "setup_gb": setup / 1e9}
 
 
 def child_memory(method: str, graph: str, B: int) -> dict:
