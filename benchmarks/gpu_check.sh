@@ -4,8 +4,8 @@
 #   bash benchmarks/gpu_check.sh              # on the GPU machine, from the repository root, $OUT set
 #   bash benchmarks/gpu_check.sh --dry-run    # on a CPU: small sizes, the same code path (tests, CI)
 #
-# On the GPU machine it first installs what that machine lacks from wheels prepared here in .wheels
-# (.whl/, git-ignored; README.md of benchmarks/ says how to download them), then the package itself
+# On the GPU machine it first installs what that machine lacks from wheels prepared here in .whl/
+# (git-ignored; benchmarks/README.md gives the pip download command), then the package itself
 # (pip install --no-deps -e .; the repository root on PYTHONPATH if that fails), then runs
 # benchmarks/gpu_check.py under a hard overall timeout. Results: $OUT/gpu_check.{json,md,log} and
 # $OUT/pytest_cuda.log ($OUT defaults to output/gpu_check). Extra arguments go to gpu_check.py.
