@@ -232,7 +232,7 @@ def section_tests(ctx: dict) -> Callable:
         import shutil
 
         log = os.path.join(ctx["out"], "pytest_cuda.log")
-        cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "cuda", "tests/gpu/test_cuda.py"]
+        cmd = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-m", "cuda", "tests/gpu/test_cuda.py"]
         rec["command"] = " ".join(cmd[1:])
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         basetemp = tempfile.mkdtemp(prefix="ibc_gpu_check_pytest_")  # its own, removed afterwards
