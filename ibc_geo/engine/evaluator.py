@@ -24,7 +24,8 @@ def evaluate_model(cfg, model, dataset, device: torch.device) -> dict:
     embeddings, labels = extract_embeddings(model, loader, device, amp_dtype=amp_dtype(cfg, device))
     return evaluate_embeddings(
         embeddings, labels, recall_k=tuple(cfg.eval.recall_k), query_mask=dataset.query_mask,
-        nmi=cfg.eval.nmi, kmeans_iters=cfg.eval.kmeans_iters, seed=cfg.seed, chunk_size=cfg.eval.chunk_size,
+        nmi=cfg.eval.nmi, kmeans_iters=cfg.eval.kmeans_iters, kmeans_redo=cfg.eval.kmeans_redo, seed=cfg.seed,
+        chunk_size=cfg.eval.chunk_size,
     )
 
 

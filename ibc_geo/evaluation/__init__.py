@@ -1,4 +1,4 @@
-"""Evaluation: exact retrieval metrics (Recall@K, MAP@R, R-precision, precision@1), NMI, embeddings.
+"""Evaluation: exact retrieval metrics (Recall@K, MAP@R, R-precision, precision@1), NMI, k-means, embeddings.
 
 Pure functions over embeddings and labels: no writers, no config reads (METHOD.md §2, §3).
 """
@@ -8,8 +8,14 @@ from ibc_geo.evaluation.metrics import (
     average_precision_at_r,
     evaluate_embeddings,
     first_match_rank,
+    KMEANS_MAX_PAIRS,
+    KMeansResult,
     format_table,
+    iter_kmeans,
+    kmeans,
     kmeans_assign,
+    kmeans_plusplus,
+    kmeans_restarts,
     map_at_r,
     nmi_score,
     r_precision,
@@ -17,13 +23,19 @@ from ibc_geo.evaluation.metrics import (
 )
 
 __all__ = [
+    "KMEANS_MAX_PAIRS",
+    "KMeansResult",
     "average_precision_at_r",
     "evaluate_embeddings",
     "extract_embeddings",
     "first_match_rank",
     "format_table",
+    "iter_kmeans",
     "iter_knn",
+    "kmeans",
     "kmeans_assign",
+    "kmeans_plusplus",
+    "kmeans_restarts",
     "knn_search",
     "l2_normalize",
     "map_at_r",

@@ -87,8 +87,8 @@ def _evaluate_saved(args, cfg, explicit_cfg: bool) -> tuple[dict, str, Optional[
     recall_k = args.recall_k or list(cfg.eval.recall_k)
     try:
         metrics = evaluate_embeddings(emb, labels, recall_k=recall_k, query_mask=mask, nmi=cfg.eval.nmi,
-                                      kmeans_iters=cfg.eval.kmeans_iters, seed=cfg.seed,
-                                      chunk_size=cfg.eval.chunk_size)
+                                      kmeans_iters=cfg.eval.kmeans_iters, kmeans_redo=cfg.eval.kmeans_redo,
+                                      seed=cfg.seed, chunk_size=cfg.eval.chunk_size)
     except ValueError as e:
         raise _InputError(f"cannot evaluate {args.embeddings}: {e}") from None
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.embeddings)), "metrics.json")

@@ -12,10 +12,12 @@ Definitions (all values are fractions in [0, 1]):
   rel(i) = 1 when neighbour i shares the class. Means over the queries with R >= 1; lone
   queries are left out, as pytorch-metric-learning's ``AccuracyCalculator`` does (NaN when
   every query is lone). Without lone queries precision@1 equals Recall@1.
-* **NMI**: faiss k-means (Lloyd, Euclidean, ``niter`` iterations, ``seed``, centroids
-  initialised from a random sample of the points, one run, no subsampling of the points)
-  with k = the number of classes, then mutual information over the arithmetic mean of the two
-  entropies, exactly as scikit-learn's ``normalized_mutual_info_score`` (its default
+* **NMI**: k-means with k = the number of classes as the official code's scikit-learn
+  ``KMeans(k)`` (k-means++ seeding, ``n_init`` = 10 restarts keeping the lowest inertia, Lloyd
+  iterations up to ``max_iter`` = 300 with its ``tol`` = 1e-4 early stop), computed with faiss
+  (:func:`kmeans`; all points, no subsampling, seeded, deterministic; at SOP's test size one
+  restart, :func:`kmeans_restarts`), then mutual information over the arithmetic mean of the
+  two entropies, exactly as scikit-learn's ``normalized_mutual_info_score`` (its default
   ``average_method="arithmetic"``). On In-Shop it clusters all test items, queries and gallery.
 
 Neighbours come from :mod:`ibc_geo.evaluation.knn`: ties by index, the query excluded by index.
@@ -25,8 +27,9 @@ no [N, k] array is ever kept.
 """
 from __future__ import annotations
 
+import logging
 import math
-from typing import Dict, Iterable, Mapping, Optional, Sequence
+from typing import Dict, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import faiss
 import numpy as np
@@ -34,19 +37,28 @@ import numpy as np
 from ibc_geo.evaluation.knn import as_float32_matrix, iter_knn, l2_normalize
 
 __all__ = [
+    "KMEANS_MAX_PAIRS",
+    "KMeansResult",
     "average_precision_at_r",
     "evaluate_embeddings",
     "first_match_rank",
     "format_table",
+    "iter_kmeans",
+    "kmeans",
     "kmeans_assign",
+    "kmeans_plusplus",
+    "kmeans_restarts",
     "map_at_r",
     "nmi_score",
     "r_precision",
     "recall_at_k",
 ]
 
+logger = logging.getLogger("ibc_geo")
+
 NO_MATCH = np.iinfo(np.int32).max  # first_match_rank of a query with no same-class neighbour
 _AP_BLOCK_ENTRIES = 1 << 22  # rows x R of one block of the MAP@R computation
+KMEANS_MAX_PAIRS = 1 << 30  # restarts x N x k above which k-means runs fewer restarts (kmeans_restarts)
 
 
 def _as_labels(labels, name: str = "labels") -> np.ndarray:
@@ -161,26 +173,232 @@ def nmi_score(labels_true, labels_pred) -> float:
     return float(mi / ((_entropy(a) + _entropy(b)) / 2))
 
 
-def kmeans_assign(embeddings, num_clusters: int, iters: int = 20, seed: int = 0) -> np.ndarray:
-    """faiss k-means (Euclidean Lloyd, ``iters`` iterations, ``seed``) -> cluster of each row, int64 [N].
+class KMeansResult(NamedTuple):
+    """One k-means run: the kept restart of :func:`kmeans`, or one restart of :func:`iter_kmeans`."""
 
-    All points train (no subsampling); centroids start at ``num_clusters`` points sampled with
-    ``seed``; one run (``nredo=1``); each point then goes to its nearest final centroid.
+    labels: np.ndarray  # int64 [N]: nearest final centroid of each point
+    centroids: np.ndarray  # float32 [k, D]
+    inertia: float  # sum over the points of the squared distance to their centroid
+    n_iter: int  # Lloyd iterations of the kept restart
+    restart: int  # index of the kept restart (0-based)
+    restarts: int  # restarts run (iter_kmeans: so far)
+
+
+def kmeans_plusplus(x, num_clusters: int, rng: np.random.Generator,
+                    n_local_trials: Optional[int] = None) -> np.ndarray:
+    """Indices (int64 [k]) of the k-means++ seeds of ``x``: scikit-learn's greedy variant.
+
+    The first seed is a uniformly drawn point; every further one is the best, by the potential
+    (sum of squared distances of all points to their nearest seed) it leaves, of
+    ``n_local_trials`` candidates (default 2 + int(ln k), as ``sklearn.cluster.kmeans_plusplus``)
+    drawn with probability proportional to D(x)^2, the squared distance to the nearest seed so
+    far. Exact: every candidate is compared with every point (one [trials, D] x [D, N] product
+    per seed), so the cost is about ``n_local_trials`` Lloyd iterations.
+    """
+    x = as_float32_matrix(x)
+    n = x.shape[0]
+    k = int(num_clusters)
+    if not 1 <= k <= n:
+        raise ValueError(f"num_clusters must be in [1, {n}], got {num_clusters}")
+    trials = 2 + int(np.log(k)) if n_local_trials is None else int(n_local_trials)
+    if trials < 1:
+        raise ValueError(f"n_local_trials must be >= 1, got {n_local_trials}")
+    xsq = np.einsum("ij,ij->i", x, x)
+    seeds = np.empty(k, np.int64)
+    seeds[0] = rng.integers(n)
+    closest = _sq_dists(x[seeds[:1]], x, xsq)[0]
+    pot = float(closest.sum(dtype=np.float64))
+    for c in range(1, k):
+        cand = np.searchsorted(np.cumsum(closest, dtype=np.float64), rng.random(trials) * pot)
+        np.minimum(cand, n - 1, out=cand)
+        d = _sq_dists(x[cand], x, xsq)
+        np.minimum(d, closest, out=d)
+        pots = d.sum(axis=1, dtype=np.float64)
+        best = int(np.argmin(pots))
+        seeds[c], closest, pot = cand[best], d[best], float(pots[best])
+    return seeds
+
+
+def _sq_dists(a: np.ndarray, x: np.ndarray, xsq: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances [len(a), N] of rows ``a`` to every row of ``x``, float32, >= 0."""
+    d = a @ x.T
+    d *= -2.0
+    d += xsq
+    d += np.einsum("ij,ij->i", a, a)[:, None]
+    np.maximum(d, 0.0, out=d)
+    return d
+
+
+def _assign(x: np.ndarray, centroids: np.ndarray):
+    """Exact nearest centroid (faiss, squared L2): distances float32 [N], labels int64 [N]."""
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(np.ascontiguousarray(centroids))
+    dist, labels = index.search(x, 1)
+    return dist[:, 0], labels[:, 0]
+
+
+def _reassign(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, dist: np.ndarray,
+              moved: np.ndarray):
+    """The assignment step after only the centroids ``moved`` changed; the same result as
+    :func:`_assign` (up to float rounding of exact ties).
+
+    ``labels``/``dist``: the previous assignment (nearest of the previous centroids and the
+    squared distance to it). A point whose centroid did not move is still nearest to it among
+    the unmoved centroids, so it is compared with the moved ones only; the points of moved
+    centroids are searched against all. The cost is N x |moved| + |their points| x k instead of
+    N x k, which makes the many late iterations with few changes cheap.
+    """
+    k = centroids.shape[0]
+    if moved.size == 0:
+        return dist, labels
+    if 2 * moved.size >= k:
+        return _assign(x, centroids)
+    was_moved = np.zeros(k, bool)
+    was_moved[moved] = True
+    hit = was_moved[labels]
+    dist, labels = dist.copy(), labels.copy()
+    static = np.flatnonzero(~hit)
+    if static.size:
+        d_m, j_m = _assign(x[static], centroids[moved])
+        cand = moved[j_m]
+        closer = (d_m < dist[static]) | ((d_m == dist[static]) & (cand < labels[static]))
+        dist[static[closer]], labels[static[closer]] = d_m[closer], cand[closer]
+    rest = np.flatnonzero(hit)
+    if rest.size:
+        dist[rest], labels[rest] = _assign(x[rest], centroids)
+    return dist, labels
+
+
+def _update(x: np.ndarray, labels: np.ndarray, dist: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """Means of the clusters; an empty cluster takes the farthest point (scikit-learn's rule)."""
+    k = old.shape[0]
+    counts = np.bincount(labels, minlength=k)
+    order = np.argsort(labels, kind="stable")
+    sums = np.zeros_like(old)
+    full = np.flatnonzero(counts)
+    starts = (np.cumsum(counts) - counts)[full]
+    sums[full] = np.add.reduceat(x[order], starts, axis=0)
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:  # the points farthest from their centroids, farthest first, found new clusters
+        far = np.argpartition(-dist, empty.size - 1)[:empty.size]
+        far = far[np.argsort(-dist[far], kind="stable")]
+        for p, e in zip(far, empty):
+            sums[labels[p]] -= x[p]
+            counts[labels[p]] -= 1
+            sums[e] = x[p]
+            counts[e] = 1
+    out = old.copy()
+    full = counts > 0
+    out[full] = sums[full] / counts[full, None]
+    return out
+
+
+def _lloyd(x: np.ndarray, centroids: np.ndarray, iters: int, tol: float):
+    """scikit-learn's Lloyd loop (``_kmeans_single_lloyd``) with faiss for the assignment step.
+
+    Stops after ``iters`` iterations, when no label changed (strict convergence: the next
+    iteration would change nothing), or when the total squared centroid shift is <= ``tol``
+    (absolute); then assigns once more so that labels match the final centroids. After the
+    first, each assignment step searches only what the moved centroids can change
+    (:func:`_reassign`).
+    """
+    labels_old = None
+    strict = False
+    n_iter = 0
+    dist, labels = _assign(x, centroids)
+    for n_iter in range(1, iters + 1):
+        if n_iter > 1:
+            dist, labels = _reassign(x, centroids, labels, dist, moved)
+        new = _update(x, labels, dist, centroids)
+        shift = float(np.square(new - centroids, dtype=np.float64).sum())
+        moved = np.flatnonzero((new != centroids).any(axis=1))
+        centroids = new
+        if labels_old is not None and np.array_equal(labels, labels_old):
+            strict = True
+            break
+        if shift <= tol:
+            break
+        labels_old = labels
+    if not strict:
+        dist, labels = _reassign(x, centroids, labels, dist, moved)
+    return labels, float(dist.sum(dtype=np.float64)), centroids, n_iter
+
+
+def iter_kmeans(embeddings, num_clusters: int, iters: int = 300, redo: int = 10, seed: int = 0,
+                tol: float = 1e-4) -> Iterator[KMeansResult]:
+    """The ``redo`` restarts of :func:`kmeans` one by one, each as its own :class:`KMeansResult`."""
+    x = as_float32_matrix(embeddings)
+    n = x.shape[0]
+    k = int(num_clusters)
+    if not 1 <= k <= n:
+        raise ValueError(f"num_clusters must be in [1, {n}], got {num_clusters}")
+    if int(iters) < 1 or int(redo) < 1:
+        raise ValueError(f"iters and redo must be >= 1, got {iters} and {redo}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+    mean = x.mean(axis=0, dtype=np.float64)
+    x = (x - mean).astype(np.float32)
+    tol_abs = float(np.var(x, axis=0, dtype=np.float64).mean()) * float(tol)
+    for r, child in enumerate(np.random.SeedSequence(int(seed)).spawn(int(redo))):
+        seeds = kmeans_plusplus(x, k, np.random.default_rng(child))
+        labels, inertia, centroids, n_iter = _lloyd(x, x[seeds], int(iters), tol_abs)
+        yield KMeansResult(labels.astype(np.int64), (centroids + mean).astype(np.float32), inertia,
+                           n_iter, r, r + 1)
+
+
+def kmeans_restarts(num_points: int, num_clusters: int, redo: int,
+                    max_pairs: Optional[int] = KMEANS_MAX_PAIRS) -> int:
+    """Restarts :func:`kmeans` runs: ``redo``, but at most ``max_pairs // (N k)`` (at least 1).
+
+    Every restart costs a few N x k distance passes (k-means++ seeding alone is ~2 + ln k of
+    them), so at large N and k the restarts are capped; there the NMI hardly depends on them
+    (benchmarks/RESULTS_eval.md). With the default 2^30 pairs CUB, Cars, In-Shop and every
+    validation split keep ``redo`` = 10; SOP's test split (60,502 x 11,316) runs 1.
+    ``max_pairs=None``: no cap.
+    """
+    redo = int(redo)
+    if redo < 1:
+        raise ValueError(f"redo must be >= 1, got {redo}")
+    if max_pairs is None:
+        return redo
+    return max(1, min(redo, int(max_pairs) // max(1, int(num_points) * int(num_clusters))))
+
+
+def kmeans(embeddings, num_clusters: int, iters: int = 300, redo: int = 10, seed: int = 0,
+           tol: float = 1e-4, max_pairs: Optional[int] = KMEANS_MAX_PAIRS) -> KMeansResult:
+    """scikit-learn's ``KMeans(k, init="k-means++", n_init=redo, max_iter=iters, tol=tol)`` on faiss.
+
+    ``redo`` restarts (capped at large N x k, :func:`kmeans_restarts`), each seeded by
+    :func:`kmeans_plusplus` and refined by Lloyd iterations (at most ``iters``; early stop as
+    scikit-learn: no label changed, or the total squared centroid shift <= ``tol`` x the mean
+    per-feature variance of the data); the restart of lowest inertia is kept (the first on
+    ties). Restart r draws from ``SeedSequence(seed).spawn(...)[r]``, which does not depend on
+    ``redo``: the first r restarts of a longer run are the same runs, so more restarts never
+    give a higher inertia. All points train (no subsampling); the data is centred on its mean
+    first, as scikit-learn does, which does not change the clustering.
     """
     x = as_float32_matrix(embeddings)
-    n, d = x.shape
-    if not 1 <= num_clusters <= n:
-        raise ValueError(f"num_clusters must be in [1, {n}], got {num_clusters}")
-    km = faiss.Kmeans(d, int(num_clusters), niter=int(iters), seed=int(seed), verbose=False,
-                      max_points_per_centroid=n, min_points_per_centroid=1)
-    km.train(x)
-    _, assign = km.index.search(x, 1)
-    return assign[:, 0].astype(np.int64)
+    restarts = kmeans_restarts(x.shape[0], num_clusters, redo, max_pairs)
+    if restarts < int(redo):
+        logger.info("k-means: %d restart(s) instead of %d at N x k = %d x %d (cap %s pairs)",
+                    restarts, int(redo), x.shape[0], int(num_clusters), max_pairs)
+    best = None
+    for run in iter_kmeans(x, num_clusters, iters=iters, redo=restarts, seed=seed, tol=tol):
+        if best is None or run.inertia < best.inertia:
+            best = run
+    return best._replace(restarts=restarts)
+
+
+def kmeans_assign(embeddings, num_clusters: int, iters: int = 300, redo: int = 10, seed: int = 0,
+                  tol: float = 1e-4, max_pairs: Optional[int] = KMEANS_MAX_PAIRS) -> np.ndarray:
+    """Cluster of each row, int64 [N], from :func:`kmeans` (k-means++, best of ``redo``)."""
+    return kmeans(embeddings, num_clusters, iters=iters, redo=redo, seed=seed, tol=tol,
+                  max_pairs=max_pairs).labels
 
 
 def evaluate_embeddings(embeddings, labels, recall_k: Sequence[int] = (1, 2, 4, 8),
-                        query_mask=None, nmi: bool = True, kmeans_iters: int = 20, seed: int = 0,
-                        chunk_size: int = 4096) -> dict:
+                        query_mask=None, nmi: bool = True, kmeans_iters: int = 300, kmeans_redo: int = 10,
+                        seed: int = 0, chunk_size: int = 4096) -> dict:
     """All retrieval metrics of a test set from one exact search, plus NMI.
 
     Args:
@@ -189,9 +407,11 @@ def evaluate_embeddings(embeddings, labels, recall_k: Sequence[int] = (1, 2, 4, 
         recall_k: the Ks of Recall@K (default: CUB/Cars' 1 2 4 8).
         query_mask: optional bool [N]; True = query, False = gallery (In-Shop): queries search
             the gallery only. Without it every item is a query searching all the others.
-        nmi: also cluster with faiss k-means (k = number of classes over all N items) and
+        nmi: also cluster with :func:`kmeans` (k = number of classes over all N items) and
             report NMI.
-        kmeans_iters, seed: k-means iterations and seed (default 20 and 0).
+        kmeans_iters, kmeans_redo, seed: k-means' iterations per restart (at most), restarts
+            (capped at large N x k: :func:`kmeans_restarts`) and seed; the defaults are those of
+            ``eval.kmeans_iters``, ``eval.kmeans_redo`` and ``seed`` in the config schema.
         chunk_size: queries per search call; any value gives the same results.
 
     Returns:
@@ -252,7 +472,7 @@ def evaluate_embeddings(embeddings, labels, recall_k: Sequence[int] = (1, 2, 4, 
     out["r_precision"] = _nanmean(rp)
     out["precision@1"] = float(p1[not_lone].mean()) if not_lone.any() else math.nan
     if nmi:
-        out["nmi"] = nmi_score(codes, kmeans_assign(x, num_classes, iters=kmeans_iters, seed=seed))
+        out["nmi"] = nmi_score(codes, kmeans_assign(x, num_classes, iters=kmeans_iters, redo=kmeans_redo, seed=seed))
     out["num_queries"] = int(num_queries)
     out["num_items"] = int(n)
     out["num_classes"] = int(num_classes)

@@ -8,7 +8,10 @@ from sklearn.metrics import normalized_mutual_info_score
 from ibc_geo.evaluation import (
     evaluate_embeddings,
     format_table,
+    iter_kmeans,
+    kmeans,
     kmeans_assign,
+    kmeans_plusplus,
     map_at_r,
     nmi_score,
     r_precision,
@@ -166,11 +169,175 @@ def test_nmi_equals_scikit_learn(seed):
 
 def test_nmi_of_evaluate_is_sklearn_on_the_kmeans_assignment():
     x, labels = random_set(n=300, seed=8)
-    got = evaluate_embeddings(x, labels, nmi=True, kmeans_iters=10, seed=3)
+    got = evaluate_embeddings(x, labels, nmi=True, kmeans_iters=10, kmeans_redo=3, seed=3)
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
-    assign = kmeans_assign(xn, len(np.unique(labels)), iters=10, seed=3)
+    assign = kmeans_assign(xn, len(np.unique(labels)), iters=10, redo=3, seed=3)
     assert len(np.unique(assign)) > 1
     assert got["nmi"] == pytest.approx(normalized_mutual_info_score(labels, assign), abs=1e-12)
+
+
+# ---- k-means: scikit-learn's KMeans (k-means++, best of n_init, Lloyd with tol) on faiss
+
+
+def blobs(n=600, d=32, classes=20, noise=1.6, spread=0.4, seed=0):
+    """Class centres plus per-class isotropic noise, L2-normalised: NMI about 0.65-0.8."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    sigma = rng.uniform(noise - spread, noise + spread, classes)
+    x = rng.standard_normal((classes, d))[labels] + sigma[labels, None] * rng.standard_normal((n, d))
+    x = x.astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), labels
+
+
+def test_lloyd_from_sklearns_seeds_is_sklearns_kmeans():
+    from sklearn.cluster import KMeans, kmeans_plusplus
+
+    from ibc_geo.evaluation.metrics import _lloyd
+
+    x, _ = blobs(seed=1)
+    xc = x - x.mean(axis=0)
+    tol = float(np.var(xc, axis=0).mean()) * 1e-4
+    for s in range(3):
+        init, _ = kmeans_plusplus(xc, 20, random_state=s)
+        want = KMeans(20, init=init, n_init=1, max_iter=300, tol=1e-4).fit(xc)
+        labels, inertia, centroids, n_iter = _lloyd(xc, init.astype(np.float32), 300, tol)
+        np.testing.assert_array_equal(labels, want.labels_)
+        assert n_iter == want.n_iter_
+        assert inertia == pytest.approx(want.inertia_, rel=1e-4)
+        np.testing.assert_allclose(centroids, want.cluster_centers_, atol=1e-5)
+
+
+def test_nmi_close_to_sklearn_kmeans_n_init_10():
+    from sklearn.cluster import KMeans
+
+    ours, theirs = [], []
+    for s in range(3):
+        x, labels = blobs(seed=s)
+        ours.append(normalized_mutual_info_score(labels, kmeans_assign(x, 20, iters=300, redo=10, seed=s)))
+        theirs.append(normalized_mutual_info_score(labels, KMeans(20, n_init=10, random_state=s).fit(x).labels_))
+    assert 0.6 < np.mean(theirs) < 0.85
+    assert np.mean(ours) == pytest.approx(np.mean(theirs), abs=0.03)  # measured: 0.0004
+    np.testing.assert_allclose(ours, theirs, atol=0.06)  # measured: at most 0.027
+
+
+def test_kmeans_is_deterministic_under_a_seed():
+    x, _ = blobs(seed=2)
+    a = kmeans(x, 20, iters=50, redo=3, seed=7)
+    b = kmeans(x, 20, iters=50, redo=3, seed=7)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+    assert a.inertia == b.inertia
+    others = [kmeans_assign(x, 20, iters=50, redo=1, seed=s) for s in range(3)]
+    assert any(not np.array_equal(others[0], o) for o in others[1:])
+
+
+def test_more_restarts_never_give_higher_inertia():
+    x, _ = blobs(seed=3)
+    runs = list(iter_kmeans(x, 20, iters=300, redo=8, seed=5))
+    assert [r.restart for r in runs] == list(range(8))
+    assert len({round(r.inertia, 6) for r in runs}) > 1  # the restarts differ
+    best = [kmeans(x, 20, iters=300, redo=r, seed=5) for r in (1, 2, 4, 8)]
+    for r, got in zip((1, 2, 4, 8), best):
+        assert got.inertia == min(run.inertia for run in runs[:r])  # restart i is the same run for any redo
+        assert got.restarts == r
+        np.testing.assert_array_equal(got.labels, runs[got.restart].labels)
+    assert all(a.inertia >= b.inertia for a, b in zip(best, best[1:]))
+
+
+def test_inertia_and_labels_are_consistent():
+    x, _ = blobs(seed=4)
+    got = kmeans(x, 20, iters=300, redo=2, seed=0)
+    d = ((x[:, None, :].astype(np.float64) - got.centroids[None].astype(np.float64)) ** 2).sum(-1)
+    np.testing.assert_array_equal(got.labels, d.argmin(axis=1))  # every point at its nearest centroid
+    assert got.inertia == pytest.approx(d.min(axis=1).sum(), rel=1e-5)
+    assert 1 <= got.n_iter < 300  # stopped on convergence
+
+
+def test_kmeans_plusplus_draws_like_sklearns():
+    # Same algorithm (greedy, 2 + ln k trials): the mean potential left by the seeds agrees.
+    from sklearn.cluster import kmeans_plusplus as sk_kmeans_plusplus
+
+    x, _ = blobs(n=400, d=16, seed=5)
+    ours, theirs = [], []
+    for s in range(30):
+        a = x[kmeans_plusplus(x, 20, np.random.default_rng(s))]
+        b, _ = sk_kmeans_plusplus(x, 20, random_state=s)
+        for c, out in ((a, ours), (b, theirs)):
+            out.append(((x[:, None] - c[None]) ** 2).sum(-1).min(axis=1).sum())
+    assert np.mean(ours) == pytest.approx(np.mean(theirs), rel=0.03)
+    random_init = [((x[:, None] - x[np.random.default_rng(s).choice(400, 20, replace=False)][None]) ** 2)
+                   .sum(-1).min(axis=1).sum() for s in range(30)]
+    assert np.mean(ours) < 0.97 * np.mean(random_init)
+
+
+def far_groups(groups=10, per_group=30, seed=0):
+    """``groups`` tight groups (unit variance) on a line, 100 apart, and each point's group."""
+    rng = np.random.default_rng(seed)
+    group = np.repeat(np.arange(groups), per_group)
+    x = np.stack([100.0 * group, np.zeros(len(group))], axis=1) + rng.standard_normal((len(group), 2))
+    return x.astype(np.float32), group
+
+
+def test_kmeans_plusplus_seeds_are_d2_sampled_points():
+    # D^2 sampling puts one seed in each group (an uncovered group's points weigh ~1e4 each, a
+    # covered group's ~2); a uniformly random init covers all 10 with probability 10!/10^10.
+    x, group = far_groups()
+    for s in range(10):
+        seeds = kmeans_plusplus(x, 10, np.random.default_rng(s))
+        assert seeds.dtype == np.int64 and len(set(seeds.tolist())) == 10
+        assert sorted(group[seeds].tolist()) == list(range(10))
+    with pytest.raises(ValueError, match="num_clusters"):
+        kmeans_plusplus(x, 301, np.random.default_rng(0))
+
+
+def test_kmeans_plusplus_matters_where_a_random_init_fails():
+    # From a random init Lloyd stops in a local minimum (some groups split, others merged);
+    # seeded by k-means++ every single restart finds the ten groups.
+    from ibc_geo.evaluation.metrics import _lloyd
+
+    x, group = far_groups()
+    for s in range(5):
+        got = kmeans(x, 10, iters=300, redo=1, seed=s)
+        assert normalized_mutual_info_score(group, got.labels) == pytest.approx(1.0)
+        assert got.inertia < 2 * len(x) * 1.5
+    failed = 0
+    for s in range(5):
+        init = x[np.random.default_rng(s).choice(len(x), 10, replace=False)]
+        failed += _lloyd(x, init, 300, 0.0)[1] > 1e4
+    assert failed >= 4
+
+
+def test_kmeans_with_fewer_distinct_points_than_clusters():
+    x = np.repeat(np.eye(3, 4, dtype=np.float32), 5, axis=0)  # 15 points, 3 distinct
+    got = kmeans(x, 5, iters=20, redo=2, seed=0)
+    assert got.labels.shape == (15,) and 0 <= got.labels.min() and got.labels.max() < 5
+    assert got.inertia == pytest.approx(0.0, abs=1e-6)
+    assert normalized_mutual_info_score(np.repeat(np.arange(3), 5), got.labels) == pytest.approx(1.0)
+
+
+def test_restarts_are_capped_at_large_n_times_k():
+    from ibc_geo.evaluation import KMEANS_MAX_PAIRS, kmeans_restarts
+
+    assert KMEANS_MAX_PAIRS == 2 ** 30
+    for n, k in ((5924, 100), (8131, 98), (26830, 3985), (8900, 1698)):  # CUB, Cars, In-Shop, SOP val
+        assert kmeans_restarts(n, k, 10) == 10
+    assert kmeans_restarts(60502, 11316, 10) == 1  # SOP test
+    assert kmeans_restarts(60502, 11316, 10, max_pairs=None) == 10
+    assert kmeans_restarts(100, 10, 10, max_pairs=2500) == 2
+    x, _ = blobs(n=200, seed=7)
+    capped = kmeans(x, 10, redo=5, seed=1, max_pairs=200 * 10 * 2)
+    assert capped.restarts == 2
+    assert capped.inertia == min(r.inertia for r in iter_kmeans(x, 10, redo=2, seed=1))
+    assert kmeans(x, 10, redo=5, seed=1, max_pairs=None).restarts == 5
+
+
+def test_kmeans_argument_checks():
+    x, _ = blobs(n=50, seed=6)
+    for kwargs in ({"iters": 0}, {"redo": 0}, {"tol": -1.0}):
+        with pytest.raises(ValueError):
+            kmeans(x, 5, **kwargs)
+    with pytest.raises(ValueError, match="num_clusters"):
+        kmeans(x, 0)
 
 
 def test_format_table():
