@@ -1,4 +1,4 @@
-"""Install ibc_geo: ``pip install -e .`` (extras: ``scatter``, ``test``, ``bench``)."""
+"""Install ibc_geo: ``pip install -e .`` (extras: ``scatter``, ``test``, ``bench``, ``export``)."""
 from setuptools import find_packages, setup
 
 setup(
@@ -35,6 +35,9 @@ setup(
             "ibc-eval = ibc_geo.cli.eval:console",
             "ibc-ablate = ibc_geo.cli.ablate:console",
             "ibc-check-dataset = ibc_geo.cli.check_dataset:console",
+            "ibc-embed = ibc_geo.cli.embed:console",
+            "ibc-search = ibc_geo.cli.search:console",
+            "ibc-export = ibc_geo.cli.export:console",
         ],
     },
     extras_require={
@@ -44,5 +47,7 @@ setup(
         "test": ["pytest>=7.4"],
         # Only for benchmarks/eval.py's comparison column.
         "bench": ["pytorch-metric-learning>=2.5", "psutil>=5.9"],
+        # tools/export.py --format onnx: onnx for the exporter, onnxruntime for its check (and its test).
+        "export": ["onnx>=1.14", "onnxruntime>=1.16"],
     },
 )

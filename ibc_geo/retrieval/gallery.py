@@ -1,0 +1,284 @@
+"""The embeddings file (``.npz``) that ``tools/embed.py`` writes and ``tools/search.py`` reads.
+
+One ``numpy.savez``-compatible zip (``np.load(path)`` reads it, no pickle) holding:
+
+============================ =================================================================
+``embeddings``               float32 ``[N, D]``, each row L2-normalised (cosine = inner product)
+``paths``                    str ``[N]``: the image files (or a dataset's names, e.g. ``digits[3]``)
+``labels``                   int64 ``[N]``, only when the classes are known (a split, or
+                             ``--labels-from-folders``): indices into ``class_names``
+``class_names``              str ``[C]``, with ``labels``
+``query_mask``               bool ``[N]``, only for a split that has one (In-Shop test)
+``config_hash``              str: :func:`config_hash` of the run's config (runtime keys left out)
+``model_hash``               str: the embedding function's identity (weights + preprocessing):
+                             queries are embedded by the same model only when the hashes agree
+``embeddings_sha256``        str: SHA-256 of ``embeddings``; a saved faiss index records it
+``checkpoint``, ``source``,  str: the checkpoint (empty for ``--init``), ``split:<name>`` or
+``config_yaml``, ``format``  ``images:<dir or list>``, the resolved config, ``ibc_geo.embeddings/1``
+============================ =================================================================
+
+:class:`EmbeddingWriter` writes it by chunks: rows go into a temporary ``.npy`` memory map beside
+the output, so memory stays bounded by one chunk whatever ``N``; the members are then zipped
+(``embeddings`` stored, the rest deflated) into a temporary file renamed onto the output, so an
+error at any point leaves nothing behind. This module needs numpy only.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from ibc_geo.retrieval.errors import GalleryError
+
+FORMAT = "ibc_geo.embeddings/1"
+META_KEYS = ("format", "config_hash", "model_hash", "embeddings_sha256", "checkpoint", "source", "config_yaml")
+#: Rows hashed per step by :func:`embeddings_sha256` (bounded memory for a memory map).
+_HASH_ROWS = 65536
+
+
+def config_hash(cfg) -> str:
+    """16 hex digits of SHA-256 over the resolved config (canonical JSON), the runtime keys
+    (where files live, devices, workers, batch sizes: ``engine.checkpoint.RUNTIME_KEYS``) left out:
+    two runs of one recipe share it wherever they ran."""
+    from ibc_geo.config import config_to_dict, flatten_config
+    from ibc_geo.engine.checkpoint import RUNTIME_KEYS
+
+    flat = {k: v for k, v in flatten_config(config_to_dict(cfg)).items() if k not in RUNTIME_KEYS}
+    text = json.dumps(flat, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def embeddings_sha256(embeddings: np.ndarray) -> str:
+    """SHA-256 (hex) of a float32 ``[N, D]`` array's C-order bytes, read in row blocks."""
+    h = hashlib.sha256()
+    h.update(f"{embeddings.shape[0]}x{embeddings.shape[1]}:".encode())
+    for start in range(0, embeddings.shape[0], _HASH_ROWS):
+        block = np.ascontiguousarray(embeddings[start:start + _HASH_ROWS], dtype=np.float32)
+        h.update(block.tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Gallery:
+    """An embeddings file in memory (see the module docstring for the fields)."""
+
+    path: str
+    embeddings: np.ndarray
+    paths: np.ndarray
+    labels: Optional[np.ndarray] = None
+    class_names: Optional[np.ndarray] = None
+    query_mask: Optional[np.ndarray] = None
+    meta: Dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @property
+    def fingerprint(self) -> str:
+        """``embeddings_sha256``: stored by ``tools/embed.py``, computed for files from elsewhere."""
+        if not self.meta.get("embeddings_sha256"):
+            self.meta["embeddings_sha256"] = embeddings_sha256(self.embeddings)
+        return self.meta["embeddings_sha256"]
+
+    def label_name(self, label: int):
+        """The class name of ``label`` (the label itself without ``class_names``)."""
+        if self.class_names is not None and 0 <= label < len(self.class_names):
+            return str(self.class_names[label])
+        return int(label)
+
+
+def load_gallery(path: str) -> Gallery:
+    """Read and check an embeddings file; any problem is a :class:`GalleryError` naming ``path``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise GalleryError(f"gallery file not found: {path} (expected an .npz written by tools/embed.py)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - zip, npy or pickle problems all mean "not our file"
+        raise GalleryError(f"cannot read gallery {path}: {type(e).__name__}: {e} "
+                           f"(expected an .npz written by tools/embed.py)") from None
+    if "embeddings" not in data:
+        raise GalleryError(f"gallery {path} holds no 'embeddings' array (it has: {', '.join(sorted(data)) or 'nothing'}); "
+                           f"expected an .npz written by tools/embed.py")
+    emb = data["embeddings"]
+    if emb.ndim != 2 or emb.shape[0] < 1 or emb.shape[1] < 1 or emb.dtype.kind != "f":
+        raise GalleryError(f"gallery {path}: 'embeddings' must be a non-empty float [N, D] array, "
+                           f"got {emb.dtype} {emb.shape}")
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    bad = ~np.isfinite(emb).all(axis=1)
+    if bad.any():
+        raise GalleryError(f"gallery {path}: {int(bad.sum())} embeddings hold NaN or infinite values "
+                           f"(first at row {int(np.flatnonzero(bad)[0])})")
+    n = emb.shape[0]
+    paths = data.get("paths")
+    if paths is None:
+        paths = np.array([f"#{i}" for i in range(n)])
+    if paths.shape != (n,):
+        raise GalleryError(f"gallery {path}: 'paths' must hold one entry per embedding ({n}), got shape {paths.shape}")
+    labels = data.get("labels")
+    if labels is not None:
+        if labels.shape != (n,) or labels.dtype.kind not in "iu":
+            raise GalleryError(f"gallery {path}: 'labels' must be integers [{n}], got {labels.dtype} {labels.shape}")
+        labels = labels.astype(np.int64)
+    class_names = data.get("class_names")
+    if class_names is not None and labels is not None and labels.size and labels.max() >= len(class_names):
+        raise GalleryError(f"gallery {path}: labels go up to {int(labels.max())} but 'class_names' "
+                           f"lists {len(class_names)} classes")
+    mask = data.get("query_mask")
+    if mask is not None and (mask.shape != (n,) or mask.dtype != np.bool_):
+        raise GalleryError(f"gallery {path}: 'query_mask' must be bool [{n}], got {mask.dtype} {mask.shape}")
+    meta = {k: str(data[k]) for k in META_KEYS if k in data and data[k].ndim == 0}
+    return Gallery(path=path, embeddings=emb, paths=paths.astype(str), labels=labels,
+                   class_names=None if class_names is None else class_names.astype(str), query_mask=mask, meta=meta)
+
+
+class EmbeddingWriter:
+    """Write an embeddings file by chunks of rows (see the module docstring).
+
+    Use as a context manager: ``add(indices, rows)`` any number of times (each index once, any
+    order), then leave the block normally to write ``path``; an exception inside the block removes
+    every temporary file and writes nothing. ``chunk_size`` rows are buffered before each write
+    into the memory map.
+
+    Args:
+        path: the ``.npz`` to write.
+        paths: the ``N`` image paths or names, in index order.
+        dim: the embedding size ``D``.
+        labels, class_names, query_mask: optional arrays of the module docstring.
+        meta: the string fields (``config_hash``, ``model_hash``, ``checkpoint``, ``source``, ``config_yaml``).
+        chunk_size: rows buffered in memory between writes (default: ``16384``).
+    """
+
+    def __init__(self, path: str, paths: Sequence[str], dim: int, labels: Optional[np.ndarray] = None,
+                 class_names: Optional[Sequence[str]] = None, query_mask: Optional[np.ndarray] = None,
+                 meta: Optional[Dict[str, str]] = None, chunk_size: int = 16384):
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        self.path = os.fspath(path)
+        self.paths = paths
+        self.num_items = len(paths)
+        self.dim = int(dim)
+        self.labels = labels
+        self.class_names = class_names
+        self.query_mask = query_mask
+        self.meta = dict(meta or {})
+        self.chunk_size = int(chunk_size)
+        self._tmpdir: Optional[str] = None
+        self._rows = None
+        self._seen = np.zeros(self.num_items, dtype=np.bool_)
+        self._buffer_idx: list = []
+        self._buffer_rows: list = []
+        self._buffered = 0
+        self.chunks_written = 0
+
+    def __enter__(self) -> "EmbeddingWriter":
+        folder = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(folder, exist_ok=True)
+        self._tmpdir = tempfile.mkdtemp(prefix="." + os.path.basename(self.path) + ".", suffix=".tmp", dir=folder)
+        self._rows = np.lib.format.open_memmap(os.path.join(self._tmpdir, "embeddings.npy"), mode="w+",
+                                               dtype=np.float32, shape=(self.num_items, self.dim))
+        return self
+
+    def add(self, indices: np.ndarray, rows: np.ndarray) -> None:
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        rows = np.asarray(rows, dtype=np.float32)
+        if rows.shape != (len(indices), self.dim):
+            raise ValueError(f"expected rows of shape ({len(indices)}, {self.dim}), got {rows.shape}")
+        self._buffer_idx.append(indices)
+        self._buffer_rows.append(rows)
+        self._buffered += len(indices)
+        if self._buffered >= self.chunk_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffered:
+            return
+        idx = np.concatenate(self._buffer_idx)
+        rows = np.concatenate(self._buffer_rows)
+        if idx.min() < 0 or idx.max() >= self.num_items:
+            raise ValueError(f"row index out of range [0, {self.num_items}): {int(idx.min())}..{int(idx.max())}")
+        if self._seen[idx].any() or len(np.unique(idx)) != len(idx):
+            raise ValueError("some row was written twice; every index must come once")
+        self._seen[idx] = True
+        self._rows[idx] = rows
+        self._rows.flush()
+        self._buffer_idx, self._buffer_rows, self._buffered = [], [], 0
+        self.chunks_written += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._flush()
+                if not self._seen.all():
+                    missing = np.flatnonzero(~self._seen)
+                    raise ValueError(f"{len(missing)} of {self.num_items} rows were never written "
+                                     f"(first: {int(missing[0])})")
+                self._finish()
+        finally:
+            self._rows = None
+            if self._tmpdir and os.path.isdir(self._tmpdir):
+                shutil.rmtree(self._tmpdir, ignore_errors=True)
+
+    def _save_member(self, name: str, array: np.ndarray) -> str:
+        file = os.path.join(self._tmpdir, name + ".npy")
+        np.save(file, array, allow_pickle=False)
+        return file
+
+    def _paths_member(self) -> str:
+        """The paths as a fixed-width unicode .npy, filled by chunks (no second full copy in memory)."""
+        width = max(1, max((len(p) for p in self.paths), default=1))
+        file = os.path.join(self._tmpdir, "paths.npy")
+        out = np.lib.format.open_memmap(file, mode="w+", dtype=f"<U{width}", shape=(self.num_items,))
+        for start in range(0, self.num_items, self.chunk_size):
+            out[start:start + self.chunk_size] = self.paths[start:start + self.chunk_size]
+        out.flush()
+        del out
+        return file
+
+    def _finish(self) -> None:
+        emb_file = os.path.join(self._tmpdir, "embeddings.npy")
+        self.meta["embeddings_sha256"] = embeddings_sha256(self._rows)
+        self.meta.setdefault("format", FORMAT)
+        self._rows.flush()
+        self._rows = None  # close the memory map before zipping its file
+        members = [("embeddings", emb_file, zipfile.ZIP_STORED), ("paths", self._paths_member(), zipfile.ZIP_DEFLATED)]
+        if self.labels is not None:
+            members.append(("labels", self._save_member("labels", np.asarray(self.labels, dtype=np.int64)),
+                            zipfile.ZIP_DEFLATED))
+        if self.class_names is not None:
+            names = np.asarray([str(c) for c in self.class_names])
+            members.append(("class_names", self._save_member("class_names", names), zipfile.ZIP_DEFLATED))
+        if self.query_mask is not None:
+            members.append(("query_mask", self._save_member("query_mask", np.asarray(self.query_mask, dtype=np.bool_)),
+                            zipfile.ZIP_DEFLATED))
+        for key in META_KEYS:
+            if key in self.meta:
+                members.append((key, self._save_member(key, np.array(str(self.meta[key]))), zipfile.ZIP_DEFLATED))
+        tmp_zip = os.path.join(self._tmpdir, "out.npz")
+        with zipfile.ZipFile(tmp_zip, "w", allowZip64=True) as zf:
+            for name, file, compression in members:
+                zf.write(file, arcname=name + ".npy", compress_type=compression)
+        os.replace(tmp_zip, self.path)
+
+
+def write_embeddings(path: str, embeddings: np.ndarray, paths: Sequence[str], chunk_size: int = 16384,
+                     **kwargs) -> None:
+    """Write an in-memory ``[N, D]`` array as an embeddings file (``kwargs``: :class:`EmbeddingWriter`'s)."""
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    with EmbeddingWriter(path, paths, embeddings.shape[1], chunk_size=chunk_size, **kwargs) as writer:
+        for start in range(0, len(embeddings), chunk_size):
+            stop = min(start + chunk_size, len(embeddings))
+            writer.add(np.arange(start, stop), embeddings[start:stop])
+
