@@ -1,8 +1,8 @@
 """Evaluate a checkpoint, the untrained model, or saved embeddings: ``python tools/eval.py --help``."""
 import sys
 
-from ibc_geo.evaluation.cli import main
-from ibc_geo.utils.cli import run_tool
+from ibc_geo.cli import eval as eval_tool
+from ibc_geo.cli.common import run
 
 if __name__ == "__main__":
-    run_tool(lambda: sys.exit(main()))
+    sys.exit(run(eval_tool.main))

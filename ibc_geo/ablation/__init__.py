@@ -6,11 +6,8 @@ folders, skipping and resuming, and :mod:`ibc_geo.ablation.report` for the outpu
 """
 from ibc_geo.ablation.grid import Grid, GridError, GridPoint, load_grid, parse_grid
 from ibc_geo.ablation.report import PointSummary, read_metrics, summarize, write_reports
+from ibc_geo.ablation.plan import AblationError, AblationPlan, AblationResult, Run
 from ibc_geo.ablation.runner import (
-    AblationError,
-    AblationPlan,
-    AblationResult,
-    Run,
     format_plan,
     plan_ablation,
     run_ablation,

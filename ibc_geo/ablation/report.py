@@ -17,14 +17,15 @@ import io
 import json
 import math
 import os
-import re
 import shutil
 import statistics
 from dataclasses import dataclass
 
 from ibc_geo.ablation.grid import GridPoint
-from ibc_geo.ablation.runner import METRICS_FILE, AblationError, AblationPlan
+from ibc_geo.ablation.plan import AblationError, AblationPlan
+from ibc_geo.evaluation.metrics import recall_k_of
 from ibc_geo.utils.io import atomic_write_text
+from ibc_geo.utils.run_dir import RunDir
 
 TIME_COLUMN = "train_time_s"
 SELECTION_PREFIX = "best_"
@@ -32,7 +33,7 @@ SELECTION_PREFIX = "best_"
 
 def read_metrics(run_dir: str) -> dict:
     """The checked content of ``run_dir/metrics.json``."""
-    path = os.path.join(run_dir, METRICS_FILE)
+    path = str(RunDir(run_dir).metrics)
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -47,9 +48,7 @@ def read_metrics(run_dir: str) -> dict:
     return data
 
 
-def _recall_k(name: str) -> int | None:
-    match = re.fullmatch(r"recall@(\d+)", name)
-    return int(match.group(1)) if match else None
+_recall_k = recall_k_of  # the evaluation module knows its metric names
 
 
 def label(column: str) -> str:

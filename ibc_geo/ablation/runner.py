@@ -6,7 +6,9 @@ the point's values, and ``seed`` / ``output_dir`` (later ones win), checked, the
 :func:`ibc_geo.engine.train`. All configs are built and checked before the first training, so an
 invalid point (e.g. ``graph.k`` not below the batch size) stops the ablation before it starts.
 
-Run folders are ``<output_dir>/<point>/seed=<seed>``; a run's state is read from its folder:
+Run folders are ``<root>/<point>/seed=<seed>``, the root being ``output_dir`` when it is given on the
+command line, else ``<parent of the base output_dir>/ablations/<grid name>`` (:func:`ablation_root`);
+a run's state is read from its folder:
 
 ========  ======================================  ==========================================
 status    folder holds                            what the runner does
@@ -27,14 +29,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shlex
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from omegaconf import DictConfig
 
-from ibc_geo.utils.errors import UserError
 from ibc_geo.ablation.grid import (
     RESERVED_KEYS,
     Grid,
@@ -44,101 +43,33 @@ from ibc_geo.ablation.grid import (
     check_seeds,
     load_grid,
 )
+from ibc_geo.ablation.plan import AblationError, AblationPlan, AblationResult, Run
+from ibc_geo.ablation.report import summarize, write_reports
 from ibc_geo.config import ConfigError, config_differences, config_to_dict, load_config, parse_overrides
+from ibc_geo.utils.run_dir import RunDir
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
-CHECKPOINT_FILE = os.path.join("checkpoints", "last.pt")
-CONFIG_FILE = "config.yaml"
 # Keys that may differ between a run folder's saved config and the config built now.
 NOT_COMPARED = ("output_dir", "train.resume", "train.overwrite")
 # Extra overrides per run status.
 STATUS_OVERRIDES = {"new": [], "restart": ["train.overwrite", "true"], "resume": ["train.resume", "true"]}
 
 
-class AblationError(UserError, RuntimeError):
-    """A run folder the runner cannot use as is (changed config, unreadable metrics)."""
-
-    exit_code = 1
-
-
-@dataclass
-class Run:
-    """One training of an ablation: a grid point with a seed."""
-
-    point: GridPoint
-    seed: int
-    run_dir: str
-    overrides: list  # KEY VALUE list (after the user's) that builds this run's config
-    cfg: DictConfig  # the checked config (without the status' resume / overwrite flags)
-    status: str  # done | resume | restart | new
-
-    @property
-    def name(self) -> str:
-        return f"{self.point.name}/seed={self.seed}"
-
-
-@dataclass
-class AblationPlan:
-    """Everything one ablation command will do, built and checked before any training."""
-
-    grid: Grid
-    points: list
-    seeds: list
-    runs: list
-    output_dir: str
-    cfg_file: str | None
-    overrides: list
-    grid_file: str | None = None
-    seeds_given: bool = False  # whether --seeds overrode the grid's / config's seeds
-
-    def command(self) -> str:
-        """The ``tools/ablate.py`` command line that reproduces this plan."""
-        words = ["python", "tools/ablate.py"]
-        if self.cfg_file is not None:
-            words += ["--cfg", self.cfg_file]
-        words += ["--grid", self.grid_file or "GRID.yaml"]
-        if self.seeds_given:
-            words += ["--seeds"] + [str(s) for s in self.seeds]
-        words += self.overrides
-        return " ".join(shlex.quote(str(w)) for w in words)
-
-    def counts(self) -> dict:
-        counts = {status: 0 for status in ("done", "resume", "restart", "new")}
-        for run in self.runs:
-            counts[run.status] += 1
-        return counts
-
-
-@dataclass
-class AblationResult:
-    plan: AblationPlan
-    summaries: list = field(default_factory=list)  # PointSummary, best first; empty on a dry run
-    files: dict = field(default_factory=dict)  # "csv" / "md" / "hparams" -> path
-    trained: list = field(default_factory=list)  # names of the runs trained by this call
-
-
 def run_status(run_dir: str) -> str:
     """done | resume | restart | new, from what ``run_dir`` holds (see the module docstring)."""
-    if os.path.isfile(os.path.join(run_dir, METRICS_FILE)):
-        return "done"
-    if os.path.isfile(os.path.join(run_dir, CHECKPOINT_FILE)):
-        return "resume"
-    if os.path.isdir(run_dir) and os.listdir(run_dir):
-        return "restart"
-    return "new"
+    return RunDir(run_dir).status()
 
 
 def config_drift(run: Run) -> list[str]:
     """``key: saved -> now`` for each key where the run folder's config.yaml differs from ``run.cfg``."""
-    path = os.path.join(run.run_dir, CONFIG_FILE)
+    path = str(RunDir(run.run_dir).config)
     if not os.path.isfile(path):
         return []
     try:
         saved = load_config(path, check=False)
     except ConfigError as e:
-        return [f"its {CONFIG_FILE} no longer loads ({e})"]
+        return [f"its {RunDir(run.run_dir).config.name} no longer loads ({e})"]
     return config_differences(config_to_dict(saved), config_to_dict(run.cfg), ignore=NOT_COMPARED)
 
 
@@ -151,6 +82,17 @@ def _override_keys(overrides: Sequence[str]) -> list[str]:
                 yield f"{prefix}{key}"
 
     return list(walk(parse_overrides(list(overrides)), ""))
+
+
+def ablation_root(base_output_dir: str, grid_file: str | None, given: bool) -> str:
+    """Where the runs go: ``output_dir`` when given on the command line; otherwise
+    ``<parent of the base config's output_dir>/ablations/<grid file name>`` (for configs/demo.yaml and
+    demo_topology.yaml: ``output/ablations/demo_topology``), never inside the base config's own run
+    folder, where ``tools/train.py`` with that config writes its run."""
+    if given:
+        return base_output_dir
+    stem = os.path.splitext(os.path.basename(grid_file))[0] if grid_file else "grid"
+    return os.path.join(os.path.dirname(os.path.normpath(base_output_dir)) or "output", "ablations", stem)
 
 
 def plan_ablation(
@@ -183,7 +125,7 @@ def plan_ablation(
         seeds, seeds_given = check_seeds(seeds), True
     else:
         seeds, seeds_given = (grid.seeds or [int(base.seed)]), False
-    root = base.output_dir
+    root = ablation_root(base.output_dir, grid_file, "output_dir" in _override_keys(overrides))
     points = grid.points()
 
     runs, invalid = [], {}
@@ -253,7 +195,6 @@ def run_ablation(
     ``train_fn(cfg)`` must train in ``cfg.output_dir`` and leave ``metrics.json`` there.
     With ``dry_run`` nothing is trained or written.
     """
-    from ibc_geo.ablation.report import summarize, write_reports
 
     plan = plan_ablation(cfg_file, grid, seeds, overrides)
     result = AblationResult(plan=plan)
@@ -269,9 +210,9 @@ def run_ablation(
         logger.info("[%d/%d] %s %s", i, len(todo), "resuming" if run.status == "resume" else "training", run.name)
         start = time.perf_counter()
         train_fn(cfg)
-        if not os.path.isfile(os.path.join(run.run_dir, METRICS_FILE)):
+        if not RunDir(run.run_dir).is_finished():
             raise AblationError(
-                f"training of {run.name} returned without writing {os.path.join(run.run_dir, METRICS_FILE)}"
+                f"training of {run.name} returned without writing {RunDir(run.run_dir).metrics}"
             )
         run.status = "done"
         result.trained.append(run.name)

@@ -24,8 +24,15 @@ def split_seeds(words):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tools/ablate.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="tools/ablate.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train every point x seed of an ablation grid, then tabulate them:\n\n"
+                    "  tools/ablate.py --cfg configs/demo.yaml --grid configs/ablations/demo_topology.yaml \\\n"
+                    "      [--seeds 0 1 2] [--dry-run] [--print-config] [KEY VALUE ...]\n\n"
+                    "Runs go to <root>/<point>/seed=<seed>, root = output_dir when given as KEY VALUE, else\n"
+                    "<parent of the base output_dir>/ablations/<grid name>; the table to <root>/results.{csv,md}.\n"
+                    "Re-running the command skips finished runs and resumes the others. The grid file\n"
+                    "format: ibc_geo/ablation/grid.py and configs/ablations/.")
     parser.add_argument("--grid", required=True, metavar="FILE", help="grid YAML: grid / tie / seeds")
     parser.add_argument("--seeds", nargs="+", metavar="SEED",
                         help="seeds to run (default: the grid's 'seeds:', else the config's seed)")

@@ -38,9 +38,22 @@ def run(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional
     try:
         code = main(argv)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return e.exit_code
     return 0 if code is None else int(code)
+
+
+def user_message(error: BaseException) -> str:
+    """The error's own message; one re-raised from a DataLoader worker process carries the worker's
+    traceback ("Caught X in DataLoader worker process 0. Original Traceback ..."): keep only the
+    original message, which is what the user can act on."""
+    text = str(error)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        name = type(error).__name__
+        for marker in (f"{type(error).__module__}.{name}: ", f"{name}: "):
+            if marker in text:
+                return text.rsplit(marker, 1)[1].strip()
+    return text
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cfg_required: bool = False) -> None:

@@ -19,8 +19,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     cfg = config_from_args(build_parser().parse_intermixed_args(argv))
     from ibc_geo.engine import train
+    from ibc_geo.utils.errors import UserError
+    from ibc_geo.utils.run_dir import RunDir
 
-    train(cfg)
+    try:
+        train(cfg)
+    except KeyboardInterrupt:
+        run_dir = RunDir(cfg.output_dir)
+        kept = (f"{run_dir.last} holds the last finished epoch" if run_dir.last.is_file()
+                else "no epoch had finished, so there is nothing to resume")
+        error = UserError(f"interrupted; {kept}. Continue with: python tools/train.py --cfg "
+                          f"{run_dir.config} train.resume true")
+        error.exit_code = 130
+        raise error from None
 
 
 def console() -> int:

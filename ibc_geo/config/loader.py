@@ -6,6 +6,7 @@ that span several keys.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -15,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ibc_geo.utils.errors import UserError
 from ibc_geo.config.schema import CHOICES, Config
+from ibc_geo.evaluation.metrics import metric_names
 from ibc_geo.utils.registry import closest
 
 BASE_KEY = "_BASE_"
@@ -157,6 +159,12 @@ def check_config(cfg: DictConfig) -> None:
             did = f" (did you mean {hint[0]!r}?)" if hint else ""
             fail(key, value, f"allowed: {', '.join(allowed)}{did}")
 
+    for key, value in flatten_config(OmegaConf.to_container(cfg)).items():
+        numbers = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            fail(key, value, "must be a finite number")
+    if cfg.train.weight_decay < 0:
+        fail("train.weight_decay", cfg.train.weight_decay, "must be >= 0")
     for key, allowed in CHOICES.items():
         choice(key, allowed)
     choice("data.name", _registered_names("data.name"))
@@ -204,8 +212,8 @@ def check_config(cfg: DictConfig) -> None:
         fail("train.lr_drop_factor", cfg.train.lr_drop_factor, "must be in (0, 1]")
     if not cfg.eval.recall_k or any(k < 1 for k in cfg.eval.recall_k):
         fail("eval.recall_k", list(cfg.eval.recall_k), "a non-empty list of positive integers")
-    metrics = [f"recall@{k}" for k in cfg.eval.recall_k] + ["nmi", "map@r", "r_precision", "precision@1"]
-    if cfg.eval.metric not in metrics or (cfg.eval.metric == "nmi" and not cfg.eval.nmi):
+    metrics = metric_names(cfg.eval.recall_k, nmi=cfg.eval.nmi)
+    if cfg.eval.metric not in metrics:
         fail("eval.metric", cfg.eval.metric, f"allowed: {', '.join(metrics)}")
     vc = cfg.data.val_classes
     if vc < 0 or (vc >= 1 and vc != int(vc)):
@@ -222,6 +230,11 @@ def check_config(cfg: DictConfig) -> None:
         fail("data.std", list(cfg.data.std), "three positive numbers, one per RGB channel")
     if cfg.data.image_size < 16:
         fail("data.image_size", cfg.data.image_size, "must be >= 16")
+    out = str(cfg.output_dir).strip()
+    if not out or os.path.realpath(out) in (os.path.realpath(os.sep), os.path.realpath(os.getcwd()),
+                                            os.path.realpath(os.path.expanduser("~"))):
+        fail("output_dir", cfg.output_dir, "a folder of its own for the run's files (not empty, '.', the "
+                                           "file-system root or the home folder), e.g. output/my_run")
     pre = cfg.model.pretrained
     if pre not in ("imagenet", "none") and not os.path.isfile(pre):
         fail("model.pretrained", pre, "imagenet, none, or the path of an existing local state dict file")

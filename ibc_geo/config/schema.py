@@ -20,6 +20,7 @@ CHOICES = {
     "eval.selection": ["val", "test"],
     "data.on_corrupt": ["skip", "error"],
     "sampler.epoch_length": ["official", "cover"],
+    "eval.on_corrupt": ["error", "drop"],
 }
 
 
@@ -36,7 +37,7 @@ class DataConfig:
     std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])  # normalisation std (ImageNet; official: 0.299 0.224 0.225, a typo)
     crop_scale: float = 0.08  # smallest area fraction of RandomResizedCrop (paper/torchvision: 0.08)
     hflip: bool = True  # random horizontal flips in training (paper: on)
-    on_corrupt: str = "skip"  # unreadable image during training: skip (warn, count) | error
+    on_corrupt: str = "skip"  # unreadable TRAINING image: skip (warn, count, another of its class) | error
 
 
 @dataclass
@@ -112,6 +113,7 @@ class EvalConfig:
     kmeans_iters: int = 300  # k-means iterations per restart for NMI (scikit-learn KMeans: 300)
     kmeans_redo: int = 10  # k-means restarts (k-means++ seeding each), the best inertia kept (scikit-learn: 10)
     chunk_size: int = 4096  # queries per chunk of the exact faiss search (bounds memory)
+    on_corrupt: str = "error"  # unreadable val/test image: error (name it) | drop (leave it out, recorded in metrics.json)
 
 
 @dataclass

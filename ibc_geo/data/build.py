@@ -71,7 +71,9 @@ def build_dataset(cfg, split: str, transform: Optional[Callable] = None) -> Retr
         transform = build_transforms(cfg, train=split == "train")
     dataset = RetrievalDataset(
         chosen.paths, chosen.classes, name=cfg.data.name, split=split, transform=transform,
-        query_mask=chosen.query_mask, on_corrupt=cfg.data.on_corrupt, images=chosen.images,
+        query_mask=chosen.query_mask, images=chosen.images,
+        # Evaluation never substitutes an image (that would hand its query a same-class hit).
+        on_corrupt=cfg.data.on_corrupt if split == "train" else cfg.eval.on_corrupt,
     )
     warn_singleton_classes(dataset)
     return dataset

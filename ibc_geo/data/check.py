@@ -15,6 +15,7 @@ from PIL import Image
 
 from ibc_geo.data.build import dataset_format, with_validation
 from ibc_geo.data.errors import DatasetError
+from ibc_geo.data.image import to_rgb
 
 MAX_LISTED = 20  # bad files listed by name; the rest are counted
 
@@ -73,7 +74,8 @@ def image_problem(path: str, decode: bool = True) -> Optional[str]:
     if decode:
         try:
             with Image.open(path) as img:
-                img.convert("RGB")  # full decode: truncated files fail here, not in verify()
+                img.load()  # full decode: truncated files fail here, not in verify()
+                to_rgb(img)
         except Exception as e:
             return f"{type(e).__name__}: {e}"
     return None

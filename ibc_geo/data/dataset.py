@@ -12,8 +12,10 @@ import torch
 from PIL import Image
 
 from ibc_geo.data.errors import DatasetError
+from ibc_geo.data.image import to_rgb
 
-ON_CORRUPT = ("skip", "error")
+ON_CORRUPT = ("skip", "error")  # training: data.on_corrupt
+EVAL_ON_CORRUPT = ("error", "drop")  # evaluation: eval.on_corrupt (never substitutes)
 
 
 class _Flags:
@@ -59,10 +61,13 @@ class RetrievalDataset(torch.utils.data.Dataset):
     and its index (so that embeddings can be put back in dataset order).
 
     Unreadable images (missing, truncated, not an image): with ``on_corrupt="error"`` a DatasetError
-    names the file; with ``"skip"`` a RuntimeWarning names it, it is counted in ``skipped`` (over all
-    DataLoader workers) and the next readable image of the SAME class (cyclically in dataset order,
-    so the choice is deterministic) is returned instead, with the requested index: a P x K batch stays
-    intact. A class whose images are all unreadable raises a DatasetError.
+    names the file; with ``"skip"`` (training) a RuntimeWarning names it, it is counted in ``skipped``
+    (over all DataLoader workers) and the next readable image of the SAME class (cyclically in
+    dataset order, so the choice is deterministic) is returned instead, with the requested index: a
+    P x K batch stays intact. A class whose images are all unreadable raises a DatasetError. With
+    ``"drop"`` (evaluation) nothing is substituted, which would hand that query a same-class hit: a
+    black image of the same size stands in, the index is flagged (``skipped_indices``) and the
+    evaluation removes it from the embeddings before any metric.
 
     Args:
         paths: one path per image (or a name such as ``"digits[3]"`` when ``images`` is given).
@@ -91,8 +96,8 @@ class RetrievalDataset(torch.utils.data.Dataset):
             raise ValueError(f"{name} {split}: {len(paths)} paths but {len(classes)} classes")
         if len(paths) == 0:
             raise DatasetError(f"{name} {split} split is empty")
-        if on_corrupt not in ON_CORRUPT:
-            raise ValueError(f"data.on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")
+        if on_corrupt not in ON_CORRUPT + EVAL_ON_CORRUPT:
+            raise ValueError(f"on_corrupt must be one of {ON_CORRUPT + EVAL_ON_CORRUPT[1:]}, got {on_corrupt!r}")
         if query_mask is not None and len(query_mask) != len(paths):
             raise ValueError(f"query_mask has {len(query_mask)} entries for {len(paths)} images")
         if images is not None and len(images) != len(paths):
@@ -123,6 +128,10 @@ class RetrievalDataset(torch.utils.data.Dataset):
         """Number of distinct unreadable images met so far (in this process and its workers)."""
         return len(self._bad.indices())
 
+    def skipped_indices(self) -> list:
+        """Dataset indices of the unreadable images met so far (sorted)."""
+        return sorted(int(i) for i in self._bad.indices())
+
     @property
     def skipped_paths(self) -> list:
         return [self.paths[i] for i in self._bad.indices()]
@@ -133,9 +142,10 @@ class RetrievalDataset(torch.utils.data.Dataset):
     def load_image(self, index: int) -> Image.Image:
         """The RGB image at ``index``; raises whatever PIL raises for an unreadable file."""
         if self.images is not None:
-            return Image.fromarray(self.images[index]).convert("RGB")
+            return to_rgb(Image.fromarray(self.images[index]))
         with Image.open(self.paths[index]) as img:
-            return img.convert("RGB")  # decodes fully: a truncated file raises here
+            img.load()  # decodes fully: a truncated file raises here
+            return to_rgb(img)
 
     def _try_load(self, index: int) -> Optional[Image.Image]:
         if self._bad[index]:
@@ -144,15 +154,17 @@ class RetrievalDataset(torch.utils.data.Dataset):
             return self.load_image(index)
         except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
             if self.on_corrupt == "error":
+                option = "data.on_corrupt skip" if self.split == "train" else "eval.on_corrupt drop"
                 raise DatasetError(
                     f"cannot read image {self.paths[index]} ({self.name} {self.split}, index {index}): {e}. "
-                    f"Run tools/check_dataset.py to list every bad file, or set data.on_corrupt skip"
+                    f"Run tools/check_dataset.py to list every bad file, or set {option}"
                 ) from e
             self._bad.set(index)
             warnings.warn(
                 f"skipping unreadable image {self.paths[index]} ({type(e).__name__}: {e}); "
                 f"{self.skipped} skipped so far in {self.name} {self.split}; "
-                f"using another image of the same class instead",
+                + ("dropping it from the evaluation" if self.on_corrupt == "drop"
+                   else "using another image of the same class instead"),
                 RuntimeWarning,
             )
             return None
@@ -174,6 +186,8 @@ class RetrievalDataset(torch.utils.data.Dataset):
         index, sample_seed = (key if isinstance(key, tuple) else (key, None))
         index = int(index)
         img = self._try_load(index)
+        if img is None and self.on_corrupt == "drop":
+            img = Image.new("RGB", (32, 32))  # a stand-in the evaluation removes (skipped_indices)
         if img is None:
             for other in self._same_class_after(index):
                 img = self._try_load(int(other))

@@ -7,7 +7,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ibc_geo.data.errors import DatasetError
 from ibc_geo.data.sampler import PKSampler, SeededBatches
+from ibc_geo.utils.runtime import distributed_rank
 
 
 def seed_worker(worker_id: int) -> None:
@@ -21,13 +23,6 @@ def loader_generator(seed: int, epoch: int = 0) -> torch.Generator:
     """A torch generator seeded from (seed, epoch): it seeds the workers (torch RNG = base + worker id)."""
     state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-def distributed_rank() -> tuple[int, int]:
-    """(rank, world_size) of the initialised torch.distributed group, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def _loader_options(cfg, persistent: bool) -> dict:
@@ -52,9 +47,18 @@ def build_train_loader(cfg, dataset, epoch: int = 0) -> tuple[DataLoader, PKSamp
     Under torch.distributed each rank gets disjoint batches.
     """
     rank, world_size = distributed_rank()
-    sampler = PKSampler(dataset.labels, cfg.sampler.classes_per_batch, cfg.sampler.samples_per_class,
-                        seed=cfg.seed, rank=rank, world_size=world_size,
-                        epoch_length=cfg.sampler.epoch_length, random_pk=bool(cfg.sampler.random_pk))
+    num_classes = len(np.unique(dataset.labels))
+    if not cfg.sampler.random_pk and num_classes < cfg.sampler.classes_per_batch:
+        raise DatasetError(
+            f"the {dataset.split} split of {cfg.data.name} ({cfg.data.root or 'built in'}) has {num_classes} "
+            f"classes, fewer than sampler.classes_per_batch = {cfg.sampler.classes_per_batch}; lower "
+            f"sampler.classes_per_batch, or data.val_classes (held-out classes are not trained on)")
+    try:
+        sampler = PKSampler(dataset.labels, cfg.sampler.classes_per_batch, cfg.sampler.samples_per_class,
+                            seed=cfg.seed, rank=rank, world_size=world_size,
+                            epoch_length=cfg.sampler.epoch_length, random_pk=bool(cfg.sampler.random_pk))
+    except ValueError as e:  # the sampler's own argument checks, e.g. no usable P for random_pk
+        raise DatasetError(f"sampler settings do not fit the {dataset.split} split: {e}") from None
     sampler.set_epoch(epoch)
     loader = DataLoader(dataset, batch_sampler=SeededBatches(sampler, cfg.seed),
                         generator=loader_generator(cfg.seed, epoch), **_loader_options(cfg, persistent=True))

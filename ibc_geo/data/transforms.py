@@ -8,16 +8,19 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from ibc_geo.data.image import to_rgb
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)  # the official code writes 0.299 for the first: a typo of 0.229
 ERASING_VALUE = (0.4914, 0.4822, 0.4465)  # the official erasing constants (CIFAR-10 means), written as is
 
 
 class ToRGB:
-    """PIL image of any mode (L, P, RGBA, CMYK...) -> RGB, so the network always sees 3 channels."""
+    """PIL image of any mode (L, P, RGBA, CMYK, 16-bit, float...) -> RGB (:func:`to_rgb`), so the
+    network always sees 3 channels of the image's real contrast."""
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        return img if img.mode == "RGB" else img.convert("RGB")
+        return to_rgb(img)
 
     def __repr__(self) -> str:
         return "ToRGB()"

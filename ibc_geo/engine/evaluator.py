@@ -3,30 +3,46 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 
 from ibc_geo.data import build_dataset, build_eval_loader, build_transforms
 from ibc_geo.engine.checkpoint import CheckpointError, config_differences, load_checkpoint, load_model_state
 from ibc_geo.evaluation import evaluate_embeddings, extract_embeddings
-from ibc_geo.utils.runtime import resolve_device
+from ibc_geo.utils.runtime import autocast_dtype, resolve_device
 
 
 def amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype when ``train.amp`` is on and the device is CUDA, else ``None``."""
     if cfg.train.amp and device.type == "cuda":
-        return getattr(torch, cfg.train.amp_dtype)
+        return autocast_dtype(cfg.train.amp_dtype)
     return None
 
 
 def evaluate_model(cfg, model, dataset, device: torch.device) -> dict:
-    """Retrieval metrics of ``model.embed`` (the backbone alone) on ``dataset``."""
+    """Retrieval metrics of ``model.embed`` (the backbone alone) on ``dataset``.
+
+    No image is ever substituted: an unreadable one stops the evaluation naming it
+    (``eval.on_corrupt error``), or (``drop``) is left out of the embeddings before any metric,
+    its path in ``dropped_images`` and the count in ``num_dropped``."""
     loader = build_eval_loader(cfg, dataset)
     embeddings, labels = extract_embeddings(model, loader, device, amp_dtype=amp_dtype(cfg, device))
-    return evaluate_embeddings(
-        embeddings, labels, recall_k=tuple(cfg.eval.recall_k), query_mask=dataset.query_mask,
+    query_mask = dataset.query_mask
+    dropped = dataset.skipped_indices()
+    if dropped:
+        keep = np.ones(len(labels), dtype=bool)
+        keep[dropped] = False
+        embeddings, labels = embeddings[keep], labels[keep]
+        query_mask = None if query_mask is None else query_mask[keep]
+    metrics = evaluate_embeddings(
+        embeddings, labels, recall_k=tuple(cfg.eval.recall_k), query_mask=query_mask,
         nmi=cfg.eval.nmi, kmeans_iters=cfg.eval.kmeans_iters, kmeans_redo=cfg.eval.kmeans_redo, seed=cfg.seed,
         chunk_size=cfg.eval.chunk_size,
     )
+    if dropped:
+        metrics["num_dropped"] = len(dropped)
+        metrics["dropped_images"] = [dataset.paths[i] for i in dropped]
+    return metrics
 
 
 def model_from_checkpoint(cfg, state: dict, source: str, split: str = "test"):

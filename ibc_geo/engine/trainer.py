@@ -10,7 +10,6 @@ import itertools
 import logging
 import math
 import os
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -18,10 +17,8 @@ from typing import Optional
 
 import torch
 from omegaconf import OmegaConf
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from ibc_geo.utils.errors import UserError
 from ibc_geo.config import config_to_dict, save_config
 from ibc_geo.data import build_dataset, build_train_loader, build_transforms
 from ibc_geo.engine import visualize
@@ -34,24 +31,24 @@ from ibc_geo.engine.checkpoint import (
     save_checkpoint,
 )
 from ibc_geo.engine.evaluator import amp_dtype, evaluate_model
+from ibc_geo.engine.writers import RunWriters
+from ibc_geo.evaluation import is_fraction_metric
 from ibc_geo.modeling import IntraBatchLoss, IntraBatchModel
 from ibc_geo.nn.analysis import attention_entropy, same_class_attention_share
-from ibc_geo.utils.io import atomic_write_json
+from ibc_geo.utils.errors import DivergedError, UserError
+from ibc_geo.utils.run_dir import RunDir
 from ibc_geo.utils.runtime import progress_enabled, resolve_device, rng_state, seed_everything, set_rng_state
 
 logger = logging.getLogger("ibc_geo")
-
-FRACTION_METRICS = ("recall@", "map@r", "r_precision", "precision@1", "nmi")
 
 
 class RunExistsError(UserError, RuntimeError):
     """``output_dir`` already holds a run and neither ``train.resume`` nor ``train.overwrite`` is set."""
 
 
-class NonFiniteLossError(UserError, RuntimeError):
-    """A loss term became NaN or infinite; the run stops, ``last.pt`` of the last epoch stays intact."""
-
-    exit_code = 1
+class NonFiniteLossError(DivergedError, RuntimeError):
+    """A loss term, a weight or an optimizer state became NaN or infinite; the run stops, and no
+    checkpoint is written from that state (``last.pt`` of the last good epoch stays as it was)."""
 
 
 def train(cfg) -> dict:
@@ -64,8 +61,9 @@ class Trainer:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.out = Path(cfg.output_dir)
-        self.ckpt_dir = self.out / "checkpoints"
+        self.run_dir = RunDir(cfg.output_dir)
+        self.out = self.run_dir.root
+        self.ckpt_dir = self.run_dir.checkpoints
         self.device = resolve_device(cfg.device)
         self.amp_dtype = amp_dtype(cfg, self.device)
         if cfg.train.amp and self.device.type != "cuda":
@@ -78,32 +76,44 @@ class Trainer:
         self._selection_dataset = None
         self._last_batch = None
         self._train_loader = None  # (DataLoader, PKSampler), built at the first epoch
+        self.writers = RunWriters(self.run_dir)  # rank 0 writes, the other ranks do not
+        self._last_saved_epoch: Optional[int] = None  # epoch of the last.pt this run wrote or resumed
 
     # ----------------------------------------------------------------------------------- set-up
     def _prepare_output_dir(self) -> Optional[dict]:
-        cfg, last, metrics = self.cfg, self.ckpt_dir / "last.pt", self.out / "metrics.json"
+        """The state to resume from, or ``None`` to start afresh in a folder holding no run.
+
+        Never deletes what the trainer did not write: a folder with run files but no ``last.pt`` is
+        refused (naming the files and the flags) unless ``train.overwrite true``, which deletes
+        exactly those files (:meth:`~ibc_geo.utils.run_dir.RunDir.remove_run_files`).
+        """
+        cfg, last = self.cfg, self.run_dir.last
         if cfg.train.resume and last.exists():
             state = load_checkpoint(last)
             diff = config_differences(state["config"], config_to_dict(cfg), RUNTIME_KEYS)
             if diff:
                 raise CheckpointError(f"cannot resume {last}: it was trained with another config: " + "; ".join(diff))
             return state
-        if (last.exists() or metrics.exists()) and not cfg.train.resume and not cfg.train.overwrite:
-            found = [str(p) for p in (last, metrics) if p.exists()]
+        found = self.run_dir.run_files()
+        if found and not cfg.train.overwrite:
+            names = ", ".join(str(p.relative_to(self.out)) for p in found[:8]) + (" ..." if len(found) > 8 else "")
+            if cfg.train.resume:
+                what = ("a finished run (metrics.json) with no checkpoints/last.pt to continue"
+                        if self.run_dir.is_finished() else "run files but no checkpoints/last.pt to resume from")
+                raise RunExistsError(
+                    f"train.resume true, but output_dir {self.out} holds {what} ({names}); pass "
+                    f"`train.overwrite true` to delete those files and start afresh, or choose another output_dir")
             raise RunExistsError(
-                f"output_dir {self.out} already holds a run ({', '.join(found)}); pass `train.resume true` "
-                f"to continue it, `train.overwrite true` to start afresh, or choose another output_dir"
-            )
+                f"output_dir {self.out} already holds a run ({names}); pass `train.resume true` to continue "
+                f"it (needs checkpoints/last.pt), `train.overwrite true` to delete those files and start "
+                f"afresh, or choose another output_dir")
         if cfg.train.resume:
-            logger.info("train.resume: no %s yet, starting afresh", last)
+            logger.info("train.resume: %s holds no run yet, starting afresh", self.out)
         # Starting afresh: nothing of an earlier run may leak in (a stale best.pt would be reloaded
-        # by an LR drop before the first evaluation).
-        shutil.rmtree(self.ckpt_dir, ignore_errors=True)
-        shutil.rmtree(self.out / "hparams", ignore_errors=True)
-        # metrics_*.json: tools/eval.py's evaluations of the earlier run (and its --init baseline).
-        for p in [metrics, self.out / "log.txt", *self.out.glob("events.out.tfevents*"),
-                  *self.out.glob("metrics_*.json")]:
-            p.unlink(missing_ok=True)
+        # by an LR drop before the first evaluation); files the trainer did not write stay.
+        if found and self.writers.enabled:
+            self.run_dir.remove_run_files()
+            logger.info("train.overwrite: deleted %d files of the earlier run in %s", len(found), self.out)
         return None
 
     def _build(self, resume: Optional[dict]) -> None:
@@ -119,13 +129,14 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
     def _restore(self, state: dict) -> None:
-        load_model_state(self.model, state["model"], str(self.ckpt_dir / "last.pt"))
+        load_model_state(self.model, state["model"], str(self.run_dir.last))
         self.optimizer.load_state_dict(state["optimizer"])
         if state["scaler"] and self.scaler.is_enabled():  # empty when the run began without a scaler
             self.scaler.load_state_dict(state["scaler"])
         self.model.topology.load_state_dict(state["topology"])
         self.epoch, self.drops, self.best = state["epoch"], state["drops"], state["best"]
         self.history, self.train_time = state["history"], state["train_time"]
+        self._last_saved_epoch = self.epoch
         set_rng_state(state["rng"])
         logger.info("resumed from epoch %d", self.epoch)
 
@@ -145,12 +156,45 @@ class Trainer:
             "config": config_to_dict(self.cfg),
         }
 
+    def _save(self, path: Path) -> None:
+        """A checkpoint of the current state, atomically, by the main process only; never of a
+        non-finite state (a good checkpoint is never replaced by a diverged one)."""
+        self._check_finite(f"{path.name} was not written")
+        if self.writers.enabled:
+            save_checkpoint(self._state(), path)
+            if path == self.run_dir.last:
+                self._last_saved_epoch = self.epoch
+
+    def _check_finite(self, consequence: str) -> None:
+        """Stop with :class:`NonFiniteLossError` when a weight or optimizer state is NaN or inf."""
+        bad = self._non_finite_tensors()
+        if bad:
+            raise NonFiniteLossError(
+                f"{len(bad)} tensors of the model and optimizer hold NaN or infinite values after epoch "
+                f"{self.epoch} (e.g. {', '.join(bad[:3])}): the run diverged; {consequence}. {self._kept()}")
+
+    def _non_finite_tensors(self) -> list:
+        """Names of the floating-point parameters, buffers and optimizer states with a NaN or inf."""
+        bad = [name for name, t in self.model.state_dict().items()
+               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        for index, state in self.optimizer.state.items():
+            bad += [f"optimizer.{name}" for name, t in state.items()
+                    if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        return bad
+
+    def _kept(self) -> str:
+        """What survives a divergence, truthfully."""
+        if self._last_saved_epoch is None:
+            return "no checkpoint was written yet (it stopped before its first epoch ended)"
+        return (f"{self.run_dir.last} (epoch {self._last_saved_epoch}) is kept intact, checked finite when "
+                f"written: resume from it with a lower train.lr, or change the config")
+
     def _drop_learning_rate(self) -> None:
         """The official schedule (``trainer.py``, epochs 31 and 51): reload the best *weights* so far
         (the optimizer state is kept), then set ``lr = train.lr * lr_drop_factor`` at every drop,
         so the LR stays base/10 after the second drop; ``train.lr_drop_cumulative`` multiplies the
         factors instead (base/100 after two drops)."""
-        best = self.ckpt_dir / "best.pt"
+        best = self.run_dir.best
         if best.exists():
             state = load_checkpoint(best)
             load_model_state(self.model, state["model"], str(best))
@@ -163,7 +207,7 @@ class Trainer:
             group["lr"] = lr
 
     # ---------------------------------------------------------------------------------- training
-    def _train_epoch(self, epoch: int, writer: SummaryWriter) -> dict:
+    def _train_epoch(self, epoch: int, writer: RunWriters) -> dict:
         cfg, model = self.cfg, self.model
         model.train()
         # One loader for the run, its workers persistent; every sample is augmented on a seed drawn
@@ -186,12 +230,9 @@ class Trainer:
             values = {name: float(t.detach()) for name, t in terms.items()}
             for name, value in values.items():
                 if not math.isfinite(value):
-                    last = self.ckpt_dir / "last.pt"
-                    kept = (f"{last} (epoch {self.epoch}) is kept intact" if last.exists()
-                            else "no checkpoint was written yet (it stopped in the first epoch)")
                     raise NonFiniteLossError(
-                        f"loss term {name!r} is {value} at epoch {epoch}, iteration {it + 1}; stopping. {kept}"
-                    )
+                        f"loss term {name!r} is {value} at epoch {epoch}, iteration {it + 1}; stopping. "
+                        f"{self._kept()}")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(terms["total"]).backward()
             self.scaler.step(self.optimizer)
@@ -201,8 +242,8 @@ class Trainer:
             step = (epoch - 1) * iters + it
             if it % cfg.train.log_every == 0:
                 for name, value in values.items():
-                    writer.add_scalar(f"loss/{name}", value, step)
-                writer.add_scalar("lr", self.optimizer.param_groups[0]["lr"], step)
+                    writer.scalar(f"loss/{name}", value, step)
+                writer.scalar("lr", self.optimizer.param_groups[0]["lr"], step)
             bar.set_postfix(loss=f"{values['total']:.3f}")
             bar.update()
         bar.close()
@@ -216,7 +257,7 @@ class Trainer:
                                                     build_transforms(self.cfg, train=False))
         return self._selection_dataset
 
-    def _log_batch_pictures(self, writer: SummaryWriter, epoch: int) -> None:
+    def _log_batch_pictures(self, writer: RunWriters, epoch: int) -> None:
         """Attention matrix, similarity before/after the MPN, attention entropy and same-class share."""
         if self._last_batch is None or self.model.mpn is None:
             return
@@ -226,32 +267,32 @@ class Trainer:
             out = self.model(images, labels, return_attention_weights=True)
         order = visualize.class_order(labels)
         n = len(labels)
-        writer.add_image("graph/similarity_backbone",
+        writer.image("graph/similarity_backbone",
                          visualize.as_image(visualize.cosine_matrix(out.embeddings), order, -1, 1), epoch)
-        writer.add_image("graph/similarity_mpn",
+        writer.image("graph/similarity_mpn",
                          visualize.as_image(visualize.cosine_matrix(out.mpn_embeddings), order, -1, 1), epoch)
         for layer, (edge_index, alpha) in enumerate(out.attention):
-            writer.add_image(f"graph/attention_layer{layer}",
+            writer.image(f"graph/attention_layer{layer}",
                              visualize.as_image(visualize.dense_attention(edge_index, alpha, n), order), epoch)
             entropy = attention_entropy(edge_index, alpha, n)
             share = same_class_attention_share(edge_index, alpha, labels)
-            writer.add_scalar(f"graph/attention_entropy_layer{layer}", float(entropy.mean()), epoch)
-            writer.add_scalar(f"graph/same_class_attention_layer{layer}", float(share.mean()), epoch)
+            writer.scalar(f"graph/attention_entropy_layer{layer}", float(entropy.mean()), epoch)
+            writer.scalar(f"graph/same_class_attention_layer{layer}", float(share.mean()), epoch)
 
-    def _evaluate(self, epoch: int, writer: SummaryWriter) -> dict:
+    def _evaluate(self, epoch: int, writer: RunWriters) -> dict:
         cfg = self.cfg
         metrics = evaluate_model(cfg, self.model, self._selection_set(), self.device)
         split = cfg.eval.selection
         for key, value in metrics.items():
-            if key.startswith(FRACTION_METRICS):
-                writer.add_scalar(f"{split}/{key}", value, epoch)
+            if is_fraction_metric(key):
+                writer.scalar(f"{split}/{key}", value, epoch)
         self._log_batch_pictures(writer, epoch)
         self.history.append({"epoch": epoch, **metrics})
         value = metrics[cfg.eval.metric]
         value = -math.inf if math.isnan(value) else value  # e.g. MAP@R when no query has a positive
         if self.best is None or value > self.best["value"]:
             self.best = {"epoch": epoch, "value": value, "metrics": metrics}
-            save_checkpoint(self._state(), self.ckpt_dir / "best.pt")
+            self._save(self.run_dir.best)
         return metrics
 
     # ------------------------------------------------------------------------------------- main
@@ -265,27 +306,33 @@ class Trainer:
         self._build(resume)
         if resume is not None:
             self._restore(resume)
-        save_config(cfg, self.out / "config.yaml")
-        writer = SummaryWriter(log_dir=str(self.out))
+        if self.writers.enabled:
+            save_config(cfg, self.run_dir.config)
         epochs = tqdm(range(self.epoch + 1, cfg.train.epochs + 1), desc="epochs", disable=not progress_enabled())
         try:
-            for epoch in epochs:
-                start = time.perf_counter()
-                if epoch in cfg.train.lr_drop_epochs:
-                    self._drop_learning_rate()
-                losses = self._train_epoch(epoch, writer)
-                self.epoch = epoch
-                metrics = None
-                if epoch % cfg.eval.every == 0 or epoch == cfg.train.epochs:
-                    metrics = self._evaluate(epoch, writer)
-                self.train_time += time.perf_counter() - start
-                save_checkpoint(self._state(), self.ckpt_dir / "last.pt")
-                self._log_epoch(epoch, losses, metrics)
-            result = self._finish(writer)
+            with self.writers as writer:
+                result = self._epochs(epochs, writer)
         finally:
-            writer.close()
             self._train_loader = None  # lets its persistent workers shut down
         return result
+
+    def _epochs(self, epochs, writer: RunWriters) -> dict:
+        """Train the remaining epochs, evaluating and checkpointing, then finish the run."""
+        cfg = self.cfg
+        for epoch in epochs:
+            start = time.perf_counter()
+            if epoch in cfg.train.lr_drop_epochs:
+                self._drop_learning_rate()
+            losses = self._train_epoch(epoch, writer)
+            self.epoch = epoch
+            self._check_finite("last.pt was not written")
+            metrics = None
+            if epoch % cfg.eval.every == 0 or epoch == cfg.train.epochs:
+                metrics = self._evaluate(epoch, writer)
+            self.train_time += time.perf_counter() - start
+            self._save(self.run_dir.last)
+            self._log_epoch(epoch, losses, metrics)
+        return self._finish(writer)
 
     def _log_epoch(self, epoch: int, losses: dict, metrics: Optional[dict]) -> None:
         cfg = self.cfg
@@ -296,15 +343,12 @@ class Trainer:
             parts.append(f"{cfg.eval.selection} {cfg.eval.metric} {100 * metrics[cfg.eval.metric]:.2f} "
                          f"(best {100 * self.best['value']:.2f} @ {self.best['epoch']})")
         parts.append(f"time {self.train_time:.1f}s")
-        line = " | ".join(parts)
-        logger.info(line)
-        with open(self.out / "log.txt", "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        self.writers.line(" | ".join(parts))
 
-    def _finish(self, writer: SummaryWriter) -> dict:
+    def _finish(self, writer: RunWriters) -> dict:
         """Evaluate the selected checkpoint once on the test split; write metrics.json and hparams."""
         cfg = self.cfg
-        best = self.ckpt_dir / "best.pt"
+        best = self.run_dir.best
         if cfg.eval.selection == "test" and self.best is not None and self.best.get("metrics"):
             # Selected on the test split: best.pt's test metrics are already known, exactly.
             test = dict(self.best["metrics"])
@@ -314,8 +358,8 @@ class Trainer:
             test_set = build_dataset(cfg, "test", build_transforms(cfg, train=False))
             test = evaluate_model(cfg, self.model, test_set, self.device)
         for key, value in test.items():
-            if key.startswith(FRACTION_METRICS):
-                writer.add_scalar(f"test/{key}", value, self.epoch)
+            if is_fraction_metric(key):
+                writer.scalar(f"test/{key}", value, self.epoch)
         result = {
             "dataset": cfg.data.name,
             "epochs": self.epoch,
@@ -329,17 +373,14 @@ class Trainer:
                 "history": self.history,
             },
         }
-        atomic_write_json(self.out / "metrics.json", result)
-        writer.add_hparams(
+        writer.metrics(result)
+        writer.hparams(
             _hparams(cfg, self.model.topology),
-            {f"hparam/test_{k}": v for k, v in test.items() if k.startswith(FRACTION_METRICS)}
+            {f"hparam/test_{k}": v for k, v in test.items() if is_fraction_metric(k)}
             | {f"hparam/{cfg.eval.selection}_{cfg.eval.metric}": result["selection"]["best_value"] or 0.0},
-            run_name="hparams",
         )
-        line = "test | " + " | ".join(f"{k} {100 * v:.2f}" for k, v in test.items() if k.startswith(FRACTION_METRICS))
-        logger.info(line)
-        with open(self.out / "log.txt", "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        writer.line("test | " + " | ".join(f"{k} {100 * v:.2f}" for k, v in test.items()
+                                           if is_fraction_metric(k)))
         return result
 
 

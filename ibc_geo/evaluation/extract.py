@@ -2,24 +2,17 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional, Tuple, Union
+from typing import Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ibc_geo.utils.errors import DivergedError
+from ibc_geo.utils.runtime import autocast_dtype
+
 __all__ = ["extract_embeddings"]
-
-_AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _amp_dtype(amp_dtype) -> Optional[torch.dtype]:
-    if amp_dtype is None or isinstance(amp_dtype, torch.dtype):
-        return amp_dtype
-    if amp_dtype not in _AMP_DTYPES:
-        raise ValueError(f"amp_dtype must be one of {sorted(_AMP_DTYPES)} or a torch.dtype, got {amp_dtype!r}")
-    return _AMP_DTYPES[amp_dtype]
 
 
 def extract_embeddings(model: torch.nn.Module, loader, device: Union[str, torch.device],
@@ -34,10 +27,11 @@ def extract_embeddings(model: torch.nn.Module, loader, device: Union[str, torch.
 
     Returns:
         ``(embeddings float32 [N, D] L2-normalised, labels int64 [N])`` in increasing dataset
-        index order. The model's train/eval mode is restored afterwards.
+        index order. The model's train/eval mode is restored afterwards. A NaN or infinite
+        embedding (a diverged model) raises :class:`~ibc_geo.utils.errors.DivergedError`.
     """
     device = torch.device(device)
-    dtype = _amp_dtype(amp_dtype)
+    dtype = autocast_dtype(amp_dtype)
     was_training = model.training
     feats, labs, idxs = [], [], []
     model.eval()
@@ -64,4 +58,10 @@ def extract_embeddings(model: torch.nn.Module, loader, device: Union[str, torch.
     order = np.argsort(indices, kind="stable")
     if np.any(np.diff(indices[order]) == 0):
         raise ValueError("the loader yielded some dataset index twice; evaluation needs each item once")
+    bad = ~np.isfinite(emb).all(axis=1)
+    if bad.any():
+        raise DivergedError(
+            f"the embeddings of {int(bad.sum())} of {len(emb)} images are NaN or infinite: the model has "
+            f"diverged (its weights or activations overflowed); evaluate an earlier checkpoint, or "
+            f"retrain with a lower train.lr")
     return np.ascontiguousarray(emb[order]), labels[order]

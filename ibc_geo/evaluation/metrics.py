@@ -479,11 +479,29 @@ def evaluate_embeddings(embeddings, labels, recall_k: Sequence[int] = (1, 2, 4, 
     return out
 
 
-_FRACTION_ORDER = ("map@r", "r_precision", "precision@1", "nmi")
+#: The fraction metrics of :func:`evaluate_embeddings` besides ``recall@K``, in table order.
+FRACTION_METRICS = ("map@r", "r_precision", "precision@1", "nmi")
+_FRACTION_ORDER = FRACTION_METRICS
 
 
-def _is_fraction_key(key: str) -> bool:
-    return key.startswith("recall@") or key in _FRACTION_ORDER
+def metric_names(recall_k: Sequence[int], nmi: bool = True) -> list:
+    """The fraction metrics :func:`evaluate_embeddings` returns for these Ks (what
+    ``eval.metric`` may select on, what the trainer logs)."""
+    return [f"recall@{k}" for k in recall_k] + [m for m in FRACTION_METRICS if nmi or m != "nmi"]
+
+
+def recall_k_of(key: str):
+    """``"recall@4"`` -> 4; ``None`` for any other key."""
+    head, _, k = key.partition("@")
+    return int(k) if head == "recall" and k.isdigit() else None
+
+
+def is_fraction_metric(key: str) -> bool:
+    """Whether ``key`` of the metrics dict is a fraction in [0, 1] (shown in %), not a count."""
+    return recall_k_of(key) is not None or key in FRACTION_METRICS
+
+
+_is_fraction_key = is_fraction_metric
 
 
 def format_table(metrics: Mapping[str, object]) -> str:

@@ -5,9 +5,10 @@
 * :func:`sink_softmax`: the edge-wise softmax with the official zero-logit "sink";
 * :class:`IntraBatchLayer`: attention + feed-forward transformer block;
 * :class:`MessagePassingNetwork`: ``L`` layers, a BatchNorm neck and a bias-free classifier;
-* :func:`attention_entropy`, :func:`same_class_attention_share`: per-node attention statistics.
+* :func:`attention_entropy`, :func:`same_class_attention_share`, :func:`attention_mass`: per-node
+  attention statistics.
 """
-from ibc_geo.nn.analysis import attention_entropy, same_class_attention_share
+from ibc_geo.nn.analysis import attention_entropy, attention_mass, same_class_attention_share
 from ibc_geo.nn.attention import IntraBatchAttention
 from ibc_geo.nn.dense_attention import sink_softmax
 from ibc_geo.nn.layer import IntraBatchLayer
@@ -18,6 +19,7 @@ __all__ = [
     "IntraBatchLayer",
     "MessagePassingNetwork",
     "attention_entropy",
+    "attention_mass",
     "same_class_attention_share",
     "sink_softmax",
 ]

@@ -1,9 +1,13 @@
 r"""Per-node statistics of attention weights, for logging what the attention learned.
 
-Both take the ``(edge_index, alpha)`` pair returned by :class:`IntraBatchAttention` (``alpha`` of
+All take the ``(edge_index, alpha)`` pair returned by :class:`IntraBatchAttention` (``alpha`` of
 shape ``(E, H)`` or ``(E,)``) and return one value per node, averaged over heads. A node without
-incoming edges gets 0 from both (an empty sum); average over nodes with in-degree > 0 if the graph
-can have isolated nodes.
+incoming edges gets 0 (an empty sum); average over nodes with in-degree > 0 if the graph can have
+isolated nodes. With the attention sink the coefficients of a node sum to :math:`m_i < 1`
+(:func:`attention_mass`); entropy and same-class share are then those of the node's attention
+*over nodes*, :math:`\alpha_{ij} / m_i`, so that they compare with uniform attention over
+:math:`\mathcal{N}(i)` (entropy :math:`\ln |\mathcal{N}(i)|`, share = the same-class fraction of
+:math:`\mathcal{N}(i)`) whatever the softmax.
 """
 from __future__ import annotations
 
@@ -15,8 +19,27 @@ def _per_head(alpha: Tensor) -> Tensor:
     return alpha.unsqueeze(-1) if alpha.dim() == 1 else alpha
 
 
+def _over_nodes(edge_index: Tensor, alpha: Tensor, num_nodes: int) -> Tensor:
+    """``alpha`` renormalised to sum to 1 over each node's edges (unchanged for a plain softmax)."""
+    mass = scatter(alpha, edge_index[1], dim=0, dim_size=num_nodes, reduce="sum")
+    return alpha / mass.clamp_min(1e-30).index_select(0, edge_index[1])
+
+
+def attention_mass(edge_index: Tensor, alpha: Tensor, num_nodes: int) -> Tensor:
+    r"""Total attention each node pays to nodes, mean over heads:
+    :math:`m_i = \frac{1}{H} \sum_h \sum_{j \in \mathcal{N}(i)} \alpha_{ij}^{(h)}`; 1 for the plain
+    softmax, :math:`1 - m_i` is what the sink takes.
+
+    Shapes:
+        - **input:** :math:`(2, E)`, :math:`(E, H)` or :math:`(E,)`
+        - **output:** :math:`(N,)` in :math:`[0, 1]`
+    """
+    alpha = _per_head(alpha)
+    return scatter(alpha, edge_index[1], dim=0, dim_size=num_nodes, reduce="sum").mean(dim=-1)
+
+
 def attention_entropy(edge_index: Tensor, alpha: Tensor, num_nodes: int) -> Tensor:
-    r"""Entropy (nats) of each node's attention distribution, mean over heads.
+    r"""Entropy (nats) of each node's attention distribution over nodes, mean over heads.
 
     .. math::
         \mathcal{H}_i = \frac{1}{H} \sum_{h=1}^{H} -\sum_{j \in \mathcal{N}(i)}
@@ -33,29 +56,29 @@ def attention_entropy(edge_index: Tensor, alpha: Tensor, num_nodes: int) -> Tens
         - **input:** :math:`(2, E)`, :math:`(E, H)` or :math:`(E,)`
         - **output:** :math:`(N,)`
     """
-    alpha = _per_head(alpha)
+    alpha = _over_nodes(edge_index, _per_head(alpha), num_nodes)
     plogp = alpha * alpha.clamp_min(1e-30).log()
     ent = -scatter(plogp, edge_index[1], dim=0, dim_size=num_nodes, reduce="sum")
     return ent.mean(dim=-1)
 
 
 def same_class_attention_share(edge_index: Tensor, alpha: Tensor, y: Tensor) -> Tensor:
-    r"""Share of each node's attention mass on sources of its own class, mean over heads.
+    r"""Share of each node's attention over nodes that goes to sources of its own class, mean over heads.
 
     .. math::
         s_i = \frac{1}{H} \sum_{h=1}^{H} \sum_{j \in \mathcal{N}(i)}
-            \alpha_{ij}^{(h)} \, [\,y_j = y_i\,]
+            \frac{\alpha_{ij}^{(h)}}{\sum_{k \in \mathcal{N}(i)} \alpha_{ik}^{(h)}} \, [\,y_j = y_i\,]
 
     Args:
         edge_index (torch.Tensor): Edge indices (row 0 = source, row 1 = target).
-        alpha (torch.Tensor): Attention coefficients per edge (and head), summing to 1 per target.
+        alpha (torch.Tensor): Attention coefficients per edge (and head).
         y (torch.Tensor): Node labels.
 
     Shapes:
         - **input:** :math:`(2, E)`, :math:`(E, H)` or :math:`(E,)`, :math:`(N,)`
         - **output:** :math:`(N,)` in :math:`[0, 1]`
     """
-    alpha = _per_head(alpha)
+    alpha = _over_nodes(edge_index, _per_head(alpha), y.numel())
     src, dst = edge_index[0], edge_index[1]
     same = (y[src] == y[dst]).to(alpha.dtype).unsqueeze(-1)
     share = scatter(alpha * same, dst, dim=0, dim_size=y.numel(), reduce="sum")

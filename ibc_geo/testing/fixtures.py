@@ -23,6 +23,8 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from ibc_geo.config import load_config
+
 Counts = Union[int, Sequence[int]]
 
 SOP_SUPER_CLASSES = ["bicycle", "cabinet", "chair", "coffee_maker", "fan", "kettle", "lamp", "mug", "sofa",
@@ -331,8 +333,6 @@ def make_imagefolder(root: str, num_classes: int = 4, images_per_class: Counts =
 def fixture_config(name: str, root: str = "", *overrides):
     """A checked config for dataset ``name`` at ``root``, sized for tests: 16-pixel images,
     no worker processes, ``eval.selection test`` without a validation split (override with ``KEY VALUE`` pairs)."""
-    from ibc_geo.config import load_config
-
     pairs = ["data.name", name, "data.root", str(root), "eval.selection", "test", "data.val_classes", "0", "data.image_size", "16",
              "data.workers", "0"]
     return load_config(None, pairs + [str(o) for o in overrides])

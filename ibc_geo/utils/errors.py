@@ -13,3 +13,9 @@ class UserError(Exception):
 
     #: The exit code of a tool that stops with this error: 2 for bad input, 1 for a run that failed.
     exit_code: int = 2
+
+
+class DivergedError(UserError):
+    """Training diverged: a loss, a weight or an embedding is NaN or infinite (exit code 1)."""
+
+    exit_code = 1

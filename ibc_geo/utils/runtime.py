@@ -1,11 +1,36 @@
-"""Devices, seeding and the RNG states a checkpoint carries for an exact resume."""
+"""Devices, AMP dtypes, processes, seeding and the RNG states a checkpoint carries for an exact resume."""
 from __future__ import annotations
 
 import random
 import sys
+from typing import Optional, Union
 
 import numpy as np
 import torch
+
+#: ``train.amp_dtype`` names -> torch dtypes (the one mapping; training and extraction use it).
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast_dtype(amp_dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
+    """A name of :data:`AMP_DTYPES` or a torch dtype -> the torch dtype; ``None`` stays ``None`` (AMP off)."""
+    if amp_dtype is None or isinstance(amp_dtype, torch.dtype):
+        return amp_dtype
+    if amp_dtype not in AMP_DTYPES:
+        raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)} or a torch.dtype, got {amp_dtype!r}")
+    return AMP_DTYPES[amp_dtype]
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world_size) of the initialised torch.distributed group, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or no process group): the one process that writes a run's files."""
+    return distributed_rank()[0] == 0
 
 
 def resolve_device(name: str) -> torch.device:

@@ -33,7 +33,8 @@ def write_yaml(path, data):
 
 @pytest.fixture
 def base_cfg(tmp_path):
-    """A base config: batch 3 x 4 = 12, test-split selection, output in tmp_path/abl."""
+    """A base config: batch 3 x 4 = 12, test-split selection, its own output_dir tmp_path/abl (an
+    ablation of grid g.yaml without an output_dir override lands in tmp_path/ablations/g)."""
     return write_yaml(tmp_path / "base.yaml", {
         "output_dir": str(tmp_path / "abl"),
         "data": {"name": "digits", "val_classes": 0},

@@ -23,7 +23,7 @@ def run_names(root, calls):
 def test_two_points_two_seeds_make_four_runs_and_a_matching_table(tmp_path, base_cfg, yaml_file, fake_train):
     train = fake_train()
     result = run_ablation(base_cfg, yaml_file("g.yaml", GRID), train_fn=train)
-    root = str(tmp_path / "abl")
+    root = str(tmp_path / "ablations" / "g")
     assert run_names(root, train.calls) == RUNS  # seed by seed, points in grid order
     assert all(not resume and not overwrite for _, resume, overwrite in train.calls)
     for name in RUNS:
@@ -63,7 +63,7 @@ def test_hparams_hold_the_mean_of_each_point(tmp_path, base_cfg, yaml_file, fake
 
     result = run_ablation(base_cfg, yaml_file("g.yaml", GRID), train_fn=fake_train())
     for summary in result.summaries:
-        folder = os.path.join(str(tmp_path / "abl"), "hparams", summary.point.name)
+        folder = os.path.join(str(tmp_path / "ablations" / "g"), "hparams", summary.point.name)
         events = EventAccumulator(folder)
         events.Reload()
         tags = events.Tags()["scalars"]
@@ -73,13 +73,13 @@ def test_hparams_hold_the_mean_of_each_point(tmp_path, base_cfg, yaml_file, fake
         assert events.Scalars("hparam/train_time_s")[0].value == pytest.approx(summary.mean("train_time_s"), rel=1e-6)
     # rerunning rewrites the hparams instead of adding a second session per point
     run_ablation(base_cfg, yaml_file("g.yaml", GRID), train_fn=fake_train())
-    folder = os.path.join(str(tmp_path / "abl"), "hparams", "topology=full")
+    folder = os.path.join(str(tmp_path / "ablations" / "g"), "hparams", "topology=full")
     assert len([f for f in os.listdir(folder) if f.startswith("events.out.tfevents")]) == 1
 
 
 def test_killed_ablation_resumes_without_redoing_finished_runs(tmp_path, base_cfg, yaml_file, fake_train):
     grid = yaml_file("g.yaml", GRID)
-    root = str(tmp_path / "abl")
+    root = str(tmp_path / "ablations" / "g")
     first = fake_train(kill_at=2)
     with pytest.raises(fake_train.Killed):
         run_ablation(base_cfg, grid, train_fn=first)
@@ -103,7 +103,7 @@ def test_killed_ablation_resumes_without_redoing_finished_runs(tmp_path, base_cf
 
 
 def test_run_folder_without_checkpoint_is_restarted(tmp_path, base_cfg, yaml_file, fake_train):
-    folder = tmp_path / "abl" / "topology=full" / "seed=0"
+    folder = tmp_path / "ablations" / "g" / "topology=full" / "seed=0"
     folder.mkdir(parents=True)
     (folder / "log.txt").write_text("died in epoch 1\n")
     train = fake_train()
@@ -117,11 +117,11 @@ def test_dry_run_lists_points_and_trains_nothing(tmp_path, base_cfg, yaml_file, 
     train = fake_train(kill_at=2)
     with pytest.raises(fake_train.Killed):
         run_ablation(base_cfg, grid, train_fn=train)
-    before = sorted(os.walk(tmp_path / "abl"))
+    before = sorted(os.walk(tmp_path / "ablations" / "g"))
     idle = fake_train()
     result = run_ablation(base_cfg, grid, dry_run=True, train_fn=idle)
     assert idle.calls == [] and result.summaries == [] and result.files == {}
-    assert sorted(os.walk(tmp_path / "abl")) == before
+    assert sorted(os.walk(tmp_path / "ablations" / "g")) == before
     text = format_plan(result.plan)
     assert "2 points x 2 seeds = 4 runs" in text
     assert "done     topology=knn,k=5/seed=0" in text and "resume   topology=full/seed=0" in text
@@ -135,7 +135,7 @@ def test_seeds_argument_and_defaults(tmp_path, base_cfg, yaml_file):
     assert plan_ablation(base_cfg, yaml_file("b.yaml", no_seeds)).seeds == [0]  # the config's seed
     plan = plan_ablation(base_cfg, yaml_file("b.yaml", no_seeds), seeds=[2])
     assert [r.cfg.seed for r in plan.runs] == [2, 2]
-    assert plan.runs[0].cfg.output_dir == str(tmp_path / "abl" / "topology=knn,k=5" / "seed=2")
+    assert plan.runs[0].cfg.output_dir == str(tmp_path / "ablations" / "b" / "topology=knn,k=5" / "seed=2")
     assert "--seeds 2" in plan.command()
     with pytest.raises(GridError, match="repeat a seed"):
         plan_ablation(base_cfg, yaml_file("b.yaml", no_seeds), seeds=[1, 1])
@@ -167,7 +167,7 @@ def test_invalid_points_fail_before_any_training(tmp_path, base_cfg, yaml_file, 
     train = fake_train()
     with pytest.raises(ConfigError) as info:  # GridError or ConfigError: exit code 2
         run_ablation(base_cfg, yaml_file("g.yaml", grid), overrides=overrides, train_fn=train)
-    assert train.calls == [] and not os.path.exists(tmp_path / "abl")
+    assert train.calls == [] and not os.path.exists(tmp_path / "ablations" / "g")
     for text in expected:
         assert text in str(info.value)
 
@@ -202,7 +202,7 @@ def test_cli_dry_run_seeds_and_overrides(tmp_path, base_cfg, yaml_file, capsys):
     out = capsys.readouterr().out
     assert "2 points x 2 seeds = 4 runs" in out and "topology=knn,k=5/seed=7" in out
     assert "--seeds 0 7 train.epochs 2" in out
-    assert not os.path.exists(tmp_path / "abl")
+    assert not os.path.exists(tmp_path / "ablations" / "g")
 
 
 def test_cli_reports_an_invalid_grid_with_exit_code_2(tmp_path, base_cfg, yaml_file):
@@ -215,3 +215,14 @@ def test_cli_reports_an_invalid_grid_with_exit_code_2(tmp_path, base_cfg, yaml_f
     assert proc.returncode == 2, proc.stderr
     assert "error: unknown config key 'graph.topolgy' as grid key in grid file" in proc.stderr
     assert "graph.topology" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_without_output_dir_the_runs_stay_out_of_the_base_run_folder(tmp_path, base_cfg, yaml_file):
+    plan = plan_ablation(base_cfg, yaml_file("g.yaml", GRID))
+    assert plan.output_dir == str(tmp_path / "ablations" / "g")
+    assert all(not r.run_dir.startswith(str(tmp_path / "abl") + os.sep) for r in plan.runs)
+    given = plan_ablation(base_cfg, yaml_file("g.yaml", GRID), overrides=["output_dir", str(tmp_path / "mine")])
+    assert given.output_dir == str(tmp_path / "mine")
+    demo = plan_ablation(os.path.join(ROOT, "configs", "demo.yaml"),
+                         os.path.join(ROOT, "configs", "ablations", "demo_topology.yaml"))
+    assert demo.output_dir == os.path.join("output", "ablations", "demo_topology")

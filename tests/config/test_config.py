@@ -169,3 +169,46 @@ def test_every_tool_prints_config(tool):
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert yaml.safe_load(r.stdout)["seed"] == 7
+
+
+def test_closed_choices_agree_with_the_modules_that_own_them():
+    # schema.py stays a plain table of defaults; each closed set it lists is owned by a module.
+    from ibc_geo.config import CHOICES
+    from ibc_geo.data.dataset import EVAL_ON_CORRUPT, ON_CORRUPT
+    from ibc_geo.data.sampler import EPOCH_LENGTHS
+    from ibc_geo.graph import SIMILARITIES
+    from ibc_geo.modeling import BACKBONES
+    from ibc_geo.nn.attention import PATHS
+    from ibc_geo.utils.runtime import AMP_DTYPES
+
+    owners = {"model.backbone": BACKBONES, "graph.similarity": SIMILARITIES, "mpn.attention_path": PATHS,
+              "train.amp_dtype": tuple(AMP_DTYPES), "data.on_corrupt": ON_CORRUPT,
+              "sampler.epoch_length": EPOCH_LENGTHS, "eval.on_corrupt": EVAL_ON_CORRUPT}
+    for key, values in owners.items():
+        assert sorted(CHOICES[key]) == sorted(values), key
+
+
+def test_tools_help_names_the_config_sections():
+    from ibc_geo.cli.common import CONFIG_SECTIONS
+
+    sections = [k for k, v in default_config().items() if hasattr(v, "items")]
+    assert list(CONFIG_SECTIONS) == sections
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("train.lr", "nan", "'train.lr': nan; must be a finite number"),
+    ("train.lr", "inf", "'train.lr': inf; must be a finite number"),
+    ("train.lr", "0", "'train.lr': 0.0; must be > 0"),
+    ("train.weight_decay", "-1e-4", "'train.weight_decay': -0.0001; must be >= 0"),
+    ("loss.temperature", "-inf", "must be a finite number"),
+    ("data.std", "[0.229, .nan, 0.225]", "'data.std'"),
+])
+def test_impossible_numbers_are_refused(key, value, fragment):
+    with pytest.raises(ConfigError, match=re_escape(fragment)):
+        load_config(None, [key, value])
+
+
+def re_escape(text):
+    import re
+
+    return re.escape(text)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from ibc_geo.data import fixtures
+from ibc_geo.testing import fixtures
 from ibc_geo.cli import run
 from ibc_geo.cli.check_dataset import main
 from ibc_geo.data.check import check_dataset

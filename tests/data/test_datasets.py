@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ibc_geo.data import DATASETS, DatasetError, RetrievalDataset, build_dataset, fixtures
+from ibc_geo.data import DATASETS, DatasetError, RetrievalDataset, build_dataset
+from ibc_geo.testing import fixtures
 from ibc_geo.data.split import Split, hold_out_classes
 
 make_cfg = fixtures.fixture_config
@@ -287,6 +288,7 @@ def test_corrupt_image_skipped_with_same_class_replacement(tmp_path):
     root = fixtures.make_cub(str(tmp_path), num_classes=4, images_per_class=3)
     cfg = make_cfg("cub", root)
     train = build_dataset(cfg, "test")  # deterministic transforms
+    train.on_corrupt = "skip"  # the training behaviour (evaluation splits never substitute)
     _truncate(train.paths[1])
     reference = train[2][0]
     with pytest.warns(RuntimeWarning, match="Species_003_1001_8.jpg"):
@@ -313,6 +315,7 @@ def test_skip_count_crosses_worker_processes(tmp_path):
     root = fixtures.make_cub(str(tmp_path), num_classes=4, images_per_class=3)
     cfg = make_cfg("cub", root)
     train = build_dataset(cfg, "test")
+    train.on_corrupt = "skip"  # the training behaviour (evaluation splits never substitute)
     _truncate(train.paths[4])
     loader = torch.utils.data.DataLoader(train, batch_size=2, num_workers=2)
     labels = torch.cat([y for _, y, _ in loader])

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ibc_geo.data import PKSampler, build_dataset, build_eval_loader, build_train_loader, fixtures
+from ibc_geo.data import PKSampler, build_dataset, build_eval_loader, build_train_loader
+from ibc_geo.testing import fixtures
 
 # 12 classes with 1..14 images: some below K, one far above (needs many batches).
 SIZES = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 30]

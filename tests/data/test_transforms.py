@@ -5,7 +5,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from ibc_geo.data import build_transforms, eval_transforms, fixtures
+from ibc_geo.data import build_transforms, eval_transforms
+from ibc_geo.testing import fixtures
 from ibc_geo.data.transforms import (ERASING_VALUE, IMAGENET_MEAN, IMAGENET_STD, OfficialRandomErasing,
                                      default_resize_size)
 

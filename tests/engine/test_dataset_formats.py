@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from ibc_geo.data import fixtures
+from ibc_geo.testing import fixtures
 from ibc_geo.engine import train
 
 FORMATS = {

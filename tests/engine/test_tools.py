@@ -58,7 +58,7 @@ def test_eval_checkpoint_of_another_architecture_is_a_message(tmp_path):
 
 
 def test_eval_default_output_never_marks_a_run_finished(tmp_path):
-    from ibc_geo.evaluation.cli import default_checkpoint_output
+    from ibc_geo.cli.eval import default_checkpoint_output
 
     empty = tmp_path / "fresh"
     assert default_checkpoint_output(str(empty), "test") == str(empty / "metrics.json")

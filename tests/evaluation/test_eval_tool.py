@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from ibc_geo.evaluation import evaluate_embeddings
-from ibc_geo.evaluation.cli import main
+from ibc_geo.cli import eval as eval_tool
+from ibc_geo.cli import run
+
+
+def main(argv):
+    """The tool as its entry point runs it: a user error becomes its exit code."""
+    return run(eval_tool.main, argv)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -428,3 +428,22 @@ def test_dense_chunk_checkpoint_replays_the_same_dropout():
     assert torch.equal(outs[0], outs[1])
     for g1, g2 in zip(*grads):
         assert torch.allclose(g1, g2, rtol=0, atol=1e-12)
+
+
+def test_statistics_with_the_sink_are_over_nodes():
+    from ibc_geo.nn import attention_mass
+
+    y = torch.tensor([0, 0, 1, 1, 1, 2])
+    x = torch.randn(6, D, dtype=torch.float64)
+    ei = build_topology("same_class")(Data(x=x, y=y)).edge_index
+    _, (ei, alpha) = make("sparse", sink=True)(x, ei, return_attention_weights=True)
+    mass = attention_mass(ei, alpha, 6)
+    assert torch.all(mass < 1) and torch.all(mass > 0)
+    # All edges are same-class: the share over nodes is 1 though the sink takes 1 - mass.
+    assert torch.allclose(same_class_attention_share(ei, alpha, y), torch.ones(6, dtype=torch.float64))
+    # Entropy equals that of the renormalised distribution, by direct formula.
+    a = alpha / torch.zeros(6, H, dtype=alpha.dtype).index_add_(0, ei[1], alpha)[ei[1]]
+    direct = torch.zeros(6, H, dtype=a.dtype).index_add_(0, ei[1], -a * a.log()).mean(1)
+    assert torch.allclose(attention_entropy(ei, alpha, 6), direct, atol=1e-12)
+    _, (_, plain) = make("sparse", sink=False)(x, ei, return_attention_weights=True)
+    assert torch.allclose(attention_mass(ei, plain, 6), torch.ones(6, dtype=torch.float64))

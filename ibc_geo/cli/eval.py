@@ -10,33 +10,34 @@ checkpoint, or ``<output_dir>/metrics_<split>.json`` where ``metrics.json`` is t
 own record, ``metrics.json`` beside ``E.npy`` for embeddings) holding the metric keys of
 :func:`ibc_geo.evaluation.evaluate_embeddings` plus ``dataset``, ``split``, ``num_items`` and
 ``num_classes``. NaN metrics (e.g. MAP@R when every query is lone) are written as ``null``.
-A missing input file or a bad config exits with code 2 and a one-line message.
+A missing input file or a bad config exits with code 2 and a one-line message
+(:class:`EvalInputError`, a :class:`~ibc_geo.utils.errors.UserError`).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import sys
 from typing import Optional, Sequence
 
-import numpy as np
-
-from ibc_geo.config import add_config_arguments, config_from_args, default_config
-from ibc_geo.evaluation.metrics import evaluate_embeddings, format_table
-from ibc_geo.utils.io import atomic_write_json
-
-EXIT_USAGE = 2
+from ibc_geo.cli.common import add_config_arguments, config_from_args, run
+from ibc_geo.utils.errors import UserError
 
 
-class _InputError(Exception):
-    pass
+class EvalInputError(UserError):
+    """A missing or malformed input of ``tools/eval.py`` (embeddings, labels, mask, checkpoint)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tools/eval.py", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="tools/eval.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Retrieval metrics (Recall@K, MAP@R, R-precision, precision@1, NMI) of a checkpoint, of\n"
+                    "the model before training, or of saved embeddings without any model:\n\n"
+                    "  tools/eval.py --cfg RUN/config.yaml --ckpt RUN/checkpoints/best.pt [--split test|val]\n"
+                    "  tools/eval.py --cfg CFG --init [--split test|val]\n"
+                    "  tools/eval.py --embeddings E.npy --labels L.npy [--query-mask Q.npy] [--recall-k 1 10]\n\n"
+                    "It prints a table and writes JSON (--out; by default beside the run, never over its\n"
+                    "metrics.json).")
     src = p.add_mutually_exclusive_group()  # one is needed, unless --print-config
     src.add_argument("--ckpt", metavar="CKPT", help="checkpoint to evaluate (needs the config of its run)")
     src.add_argument("--embeddings", metavar="E.npy", help="saved [N, D] embeddings; no model is built")
@@ -52,16 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_npy(path: str, what: str) -> np.ndarray:
+def _load_npy(path: str, what: str):
+    import numpy as np
+
     if not os.path.isfile(path):
-        raise _InputError(f"{what} file not found: {path}")
+        raise EvalInputError(f"{what} file not found: {path}")
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
-        raise _InputError(f"cannot read {what} file {path}: {e}") from None
+        raise EvalInputError(f"cannot read {what} file {path}: {e}") from None
 
 
 def _json_ready(metrics: dict) -> dict:
+    import numpy as np
+
     out = {}
     for key, value in metrics.items():
         if isinstance(value, (np.integer,)):
@@ -73,16 +78,20 @@ def _json_ready(metrics: dict) -> dict:
 
 
 def _evaluate_saved(args, cfg, explicit_cfg: bool) -> tuple[dict, str, Optional[str]]:
+    import numpy as np
+
+    from ibc_geo.evaluation.metrics import evaluate_embeddings
+
     if not args.labels:
-        raise _InputError("--embeddings needs --labels L.npy")
+        raise EvalInputError("--embeddings needs --labels L.npy")
     emb = _load_npy(args.embeddings, "embeddings")
     labels = _load_npy(args.labels, "labels")
     mask = _load_npy(args.query_mask, "query mask") if args.query_mask else None
     if emb.ndim != 2 or labels.ndim != 1 or emb.shape[0] != labels.shape[0]:
-        raise _InputError(f"embeddings {args.embeddings} must be [N, D] and labels {args.labels} [N]; "
+        raise EvalInputError(f"embeddings {args.embeddings} must be [N, D] and labels {args.labels} [N]; "
                           f"got {emb.shape} and {labels.shape}")
     if mask is not None and (mask.dtype != np.bool_ or mask.shape != labels.shape):
-        raise _InputError(f"query mask {args.query_mask} must be bool [{labels.shape[0]}], "
+        raise EvalInputError(f"query mask {args.query_mask} must be bool [{labels.shape[0]}], "
                           f"got {mask.dtype} {mask.shape}")
     recall_k = args.recall_k or list(cfg.eval.recall_k)
     try:
@@ -90,7 +99,7 @@ def _evaluate_saved(args, cfg, explicit_cfg: bool) -> tuple[dict, str, Optional[
                                       kmeans_iters=cfg.eval.kmeans_iters, kmeans_redo=cfg.eval.kmeans_redo,
                                       seed=cfg.seed, chunk_size=cfg.eval.chunk_size)
     except ValueError as e:
-        raise _InputError(f"cannot evaluate {args.embeddings}: {e}") from None
+        raise EvalInputError(f"cannot evaluate {args.embeddings}: {e}") from None
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.embeddings)), "metrics.json")
     dataset = cfg.data.name if explicit_cfg else None
     return metrics, out, dataset
@@ -100,9 +109,11 @@ def default_checkpoint_output(output_dir: str, split: str) -> str:
     """``output_dir/metrics.json``, unless ``output_dir`` holds a training run (its ``checkpoints/``
     or its own ``metrics.json``): then ``output_dir/metrics_<split>.json``. The trainer's
     ``metrics.json`` marks a finished run, so evaluating a run's checkpoint never writes it."""
-    path = os.path.join(output_dir, "metrics.json")
-    holds_run = os.path.isdir(os.path.join(output_dir, "checkpoints")) or os.path.exists(path)
-    return os.path.join(output_dir, f"metrics_{split}.json") if holds_run else path
+    from ibc_geo.utils.run_dir import RunDir
+
+    run_dir = RunDir(output_dir)
+    holds_run = run_dir.checkpoints.is_dir() or run_dir.metrics.exists()
+    return str(run_dir.split_metrics(split) if holds_run else run_dir.metrics)
 
 
 def _evaluate_checkpoint(args, cfg) -> tuple[dict, str, Optional[str]]:
@@ -125,20 +136,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not (args.ckpt or args.embeddings or args.init):
         parser.error("one of the arguments --ckpt --embeddings --init is required")
     if args.ckpt and not os.path.isfile(args.ckpt):
-        print(f"error: checkpoint file not found: {args.ckpt}", file=sys.stderr)
-        return EXIT_USAGE
+        raise EvalInputError(f"checkpoint file not found: {args.ckpt}")
     explicit_cfg = bool(args.cfg or args.overrides or args.print_config)
     # Saved embeddings need no dataset: without --cfg or overrides the schema defaults serve
     # (eval.recall_k, eval.nmi, ...), unchecked since no dataset is read.
-    cfg = config_from_args(args) if (explicit_cfg or args.ckpt or args.init) else default_config()
-    try:
-        if args.embeddings:
-            metrics, out, dataset = _evaluate_saved(args, cfg, explicit_cfg)
-        else:
-            metrics, out, dataset = _evaluate_checkpoint(args, cfg)
-    except _InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    if explicit_cfg or args.ckpt or args.init:
+        cfg = config_from_args(args)
+    else:
+        from ibc_geo.config import default_config
+
+        cfg = default_config()
+    if args.embeddings:
+        metrics, out, dataset = _evaluate_saved(args, cfg, explicit_cfg)
+    else:
+        metrics, out, dataset = _evaluate_checkpoint(args, cfg)
+    from ibc_geo.evaluation.metrics import format_table
+    from ibc_geo.utils.io import atomic_write_json
+
     record = _json_ready(metrics)
     record.update(dataset=dataset, split=args.split or ("test" if (args.ckpt or args.init) else None))
     record.setdefault("num_items", metrics.get("num_items"))
@@ -149,5 +163,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def console() -> int:
+    return run(main)
