@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: exact search)")
     parser.add_argument("--params", default="", metavar="P",
                         help="faiss search parameters, e.g. nprobe=64 or efSearch=128 (default nprobe=16, efSearch=64)")
+    parser.add_argument("--train-size", type=int, default=0, metavar="N",
+                        help="train --index on N random gallery vectors (default: faiss's sample, up to 256 per IVF list)")
     saved = parser.add_mutually_exclusive_group()
     saved.add_argument("--save-index", metavar="F", help="write the index (and F.json, its gallery's record)")
     saved.add_argument("--load-index", metavar="F", help="read an index saved by --save-index for this gallery")
@@ -59,6 +61,8 @@ def _check_arguments(parser: argparse.ArgumentParser, args) -> None:
         parser.error("--index and --load-index exclude each other (a loaded index keeps the factory it was built with)")
     if args.k < 1:
         parser.error("--k must be positive")
+    if args.train_size < 0:
+        parser.error("--train-size must be >= 0")
     if args.thumb < 1:
         parser.error("--thumb must be positive")
 
@@ -118,7 +122,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         index = SearchIndex.load(args.load_index, gallery.embeddings, gallery.fingerprint, args.gallery, args.params)
     elif args.index or args.save_index:
         index = SearchIndex.build(gallery.embeddings, args.index or "Flat", args.params, gallery.fingerprint,
-                                  source=f"gallery {args.gallery}")
+                                  source=f"gallery {args.gallery}", train_size=args.train_size)
     else:
         index = SearchIndex(gallery.embeddings, fingerprint=gallery.fingerprint)
     sims, nbrs = index.search(vectors, args.k, exclude=exclude)

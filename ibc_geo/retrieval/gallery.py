@@ -176,6 +176,7 @@ class EmbeddingWriter:
         self.meta = dict(meta or {})
         self.chunk_size = int(chunk_size)
         self._tmpdir: Optional[str] = None
+        self._created: Optional[str] = None
         self._rows = None
         self._seen = np.zeros(self.num_items, dtype=np.bool_)
         self._buffer_idx: list = []
@@ -185,6 +186,7 @@ class EmbeddingWriter:
 
     def __enter__(self) -> "EmbeddingWriter":
         folder = os.path.dirname(os.path.abspath(self.path))
+        self._created = None if os.path.isdir(folder) else folder
         os.makedirs(folder, exist_ok=True)
         self._tmpdir = tempfile.mkdtemp(prefix="." + os.path.basename(self.path) + ".", suffix=".tmp", dir=folder)
         self._rows = np.lib.format.open_memmap(os.path.join(self._tmpdir, "embeddings.npy"), mode="w+",
@@ -230,6 +232,11 @@ class EmbeddingWriter:
             self._rows = None
             if self._tmpdir and os.path.isdir(self._tmpdir):
                 shutil.rmtree(self._tmpdir, ignore_errors=True)
+            if self._created and not os.path.exists(self.path):
+                try:  # a folder made for an output that was never written goes too (if still empty)
+                    os.removedirs(self._created)
+                except OSError:
+                    pass
 
     def _save_member(self, name: str, array: np.ndarray) -> str:
         file = os.path.join(self._tmpdir, name + ".npy")
