@@ -28,6 +28,7 @@ setup(
         "omegaconf>=2.3,<3",
         "tensorboard>=2.14",
         "tqdm>=4.64",
+        "matplotlib>=3.7",  # TensorBoard's batch figures
     ],
     entry_points={
         "console_scripts": [

@@ -12,16 +12,19 @@ import math
 import os
 import time
 from contextlib import nullcontext
+from datetime import timedelta
 from pathlib import Path
 from typing import Optional
 
 import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ibc_geo.config import config_to_dict, save_config
 from ibc_geo.data import build_dataset, build_train_loader, build_transforms
 from ibc_geo.engine import visualize
+from ibc_geo.engine.figures import attention_baselines, batch_figure
 from ibc_geo.engine.checkpoint import (
     RUNTIME_KEYS,
     CheckpointError,
@@ -34,7 +37,7 @@ from ibc_geo.engine.evaluator import amp_dtype, evaluate_model
 from ibc_geo.engine.writers import RunWriters
 from ibc_geo.evaluation import is_fraction_metric
 from ibc_geo.modeling import IntraBatchLoss, IntraBatchModel
-from ibc_geo.nn.analysis import attention_entropy, same_class_attention_share
+from ibc_geo.nn.analysis import attention_entropy, attention_mass, same_class_attention_share
 from ibc_geo.utils.errors import DivergedError, UserError
 from ibc_geo.utils.run_dir import RunDir
 from ibc_geo.utils.runtime import progress_enabled, resolve_device, rng_state, seed_everything, set_rng_state
@@ -74,7 +77,8 @@ class Trainer:
         self.history: list[dict] = []
         self.train_time = 0.0
         self._selection_dataset = None
-        self._last_batch = None
+        self._picture_batch = None  # one fixed P x K batch of the selection split, drawn once
+        self.global_step = 0  # training iterations done: the one step axis of every TensorBoard scalar
         self._train_loader = None  # (DataLoader, PKSampler), built at the first epoch
         self.writers = RunWriters(self.run_dir)  # rank 0 writes, the other ranks do not
         self._last_saved_epoch: Optional[int] = None  # epoch of the last.pt this run wrote or resumed
@@ -136,6 +140,7 @@ class Trainer:
         self.model.topology.load_state_dict(state["topology"])
         self.epoch, self.drops, self.best = state["epoch"], state["drops"], state["best"]
         self.history, self.train_time = state["history"], state["train_time"]
+        self.global_step = state.get("global_step", 0)
         self._last_saved_epoch = self.epoch
         set_rng_state(state["rng"])
         logger.info("resumed from epoch %d", self.epoch)
@@ -152,16 +157,24 @@ class Trainer:
             "best": self.best,
             "history": self.history,
             "train_time": self.train_time,
+            "global_step": self.global_step,
             "rng": rng_state(),
             "config": config_to_dict(self.cfg),
         }
 
+    def _best_state(self) -> dict:
+        """What model selection, the LR-drop reloads and evaluation need: the weights and the run's
+        metadata, not the optimizer state (``last.pt`` keeps the full resumable state)."""
+        return {"model": self.model.state_dict(), "epoch": self.epoch, "best": self.best,
+                "config": config_to_dict(self.cfg)}
+
     def _save(self, path: Path) -> None:
-        """A checkpoint of the current state, atomically, by the main process only; never of a
-        non-finite state (a good checkpoint is never replaced by a diverged one)."""
+        """A checkpoint, atomically, by the main process only (``best.pt``: :meth:`_best_state`;
+        ``last.pt``: the full state); never of a non-finite state (a good checkpoint is never
+        replaced by a diverged one)."""
         self._check_finite(f"{path.name} was not written")
         if self.writers.enabled:
-            save_checkpoint(self._state(), path)
+            save_checkpoint(self._best_state() if path == self.run_dir.best else self._state(), path)
             if path == self.run_dir.last:
                 self._last_saved_epoch = self.epoch
 
@@ -195,14 +208,18 @@ class Trainer:
         so the LR stays base/10 after the second drop; ``train.lr_drop_cumulative`` multiplies the
         factors instead (base/100 after two drops)."""
         best = self.run_dir.best
-        if best.exists():
-            state = load_checkpoint(best)
-            load_model_state(self.model, state["model"], str(best))
-            logger.info("epoch %d: reloaded the weights of the best checkpoint (epoch %d)",
-                        self.epoch + 1, state["epoch"])
         self.drops += 1
         train = self.cfg.train
         lr = train.lr * train.lr_drop_factor ** (self.drops if train.lr_drop_cumulative else 1)
+        if best.exists():
+            state = load_checkpoint(best)
+            load_model_state(self.model, state["model"], str(best))
+            self.writers.line(f"epoch {self.epoch + 1}: LR drop to {lr:.3g}, reloaded the weights of the best "
+                              f"checkpoint (epoch {state['epoch']})")
+        else:
+            self.writers.line(f"epoch {self.epoch + 1}: LR drop to {lr:.3g}; no best checkpoint yet (no "
+                              f"evaluation before this epoch, eval.every {self.cfg.eval.every}): the current "
+                              f"weights go on")
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
@@ -212,15 +229,14 @@ class Trainer:
         model.train()
         # One loader for the run, its workers persistent; every sample is augmented on a seed drawn
         # from (seed, epoch), so a resumed run sees the same images as an uninterrupted one.
-        if self._train_loader is None:
-            self._train_loader = build_train_loader(cfg, self.train_set, epoch)
-        loader, sampler = self._train_loader
+        loader, sampler = self._loader()
         sampler.set_epoch(epoch)
         iters = len(sampler) if cfg.train.iters_per_epoch <= 0 else min(cfg.train.iters_per_epoch, len(sampler))
         sums: dict = {}
         autocast = (torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext())
         bar = tqdm(total=iters, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False,
                    disable=not progress_enabled())
+        tick = time.perf_counter()
         for it, (images, labels, _) in enumerate(itertools.islice(loader, iters)):
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
@@ -239,16 +255,28 @@ class Trainer:
             self.scaler.update()
             for name, value in values.items():
                 sums[name] = sums.get(name, 0.0) + value
-            step = (epoch - 1) * iters + it
+            self.global_step += 1
             if it % cfg.train.log_every == 0:
                 for name, value in values.items():
-                    writer.scalar(f"loss/{name}", value, step)
-                writer.scalar("lr", self.optimizer.param_groups[0]["lr"], step)
+                    writer.scalar(f"loss/{name}", value, self.global_step)
+                writer.scalar("lr", self.optimizer.param_groups[0]["lr"], self.global_step)
             bar.set_postfix(loss=f"{values['total']:.3f}")
             bar.update()
+            if bar.disable and ((it + 1) % cfg.train.log_every == 0 or it + 1 == iters):
+                self._log_progress(epoch, it + 1, iters, values, time.perf_counter() - tick)
         bar.close()
-        self._last_batch = (images[: min(len(images), 128)], labels[: min(len(labels), 128)])
         return {name: s / max(iters, 1) for name, s in sums.items()}
+
+    def _log_progress(self, epoch: int, done: int, iters: int, values: dict, elapsed: float) -> None:
+        """Without a terminal (nohup, CI), a line every ``train.log_every`` iterations (detectron2-style)."""
+        cfg = self.cfg
+        rate = done / max(elapsed, 1e-9)
+        left_epoch = (iters - done) / rate
+        left_run = left_epoch + (cfg.train.epochs - epoch) * iters / rate
+        terms = " ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "total")
+        logger.info("epoch %d/%d iter %d/%d | loss %.4f (%s) | %.2f it/s | ETA epoch %s, run %s",
+                    epoch, cfg.train.epochs, done, iters, values["total"], terms, rate,
+                    _duration(left_epoch), _duration(left_run))
 
     # -------------------------------------------------------------------------------- evaluation
     def _selection_set(self):
@@ -257,35 +285,61 @@ class Trainer:
                                                     build_transforms(self.cfg, train=False))
         return self._selection_dataset
 
+    def _fixed_batch(self):
+        """One P x K batch of the selection split, drawn once (seeded): the same images at every
+        evaluation, so that the pictures compare across epochs."""
+        if self._picture_batch is None:
+            from ibc_geo.data import PKSampler
+
+            dataset = self._selection_set()
+            classes = len(set(dataset.labels.tolist()))
+            P = min(self.cfg.sampler.classes_per_batch, classes)
+            K = self.cfg.sampler.samples_per_class
+            if P < 2:
+                return None
+            batch = PKSampler(dataset.labels, P, K, seed=self.cfg.seed, epoch_length="cover").batches()[0]
+            items = [dataset[i] for i in batch]
+            self._picture_batch = (torch.stack([img for img, _, _ in items]),
+                                   torch.tensor([label for _, label, _ in items]))
+        return self._picture_batch
+
     def _log_batch_pictures(self, writer: RunWriters, epoch: int) -> None:
-        """Attention matrix, similarity before/after the MPN, attention entropy and same-class share."""
-        if self._last_batch is None or self.model.mpn is None:
+        """The fixed batch's figure (similarities before / after the MPN, each layer's attention) and
+        per layer the attention entropy and same-class share next to uniform attention's values."""
+        if self.model.mpn is None or not writer.enabled:
             return
-        images, labels = self._last_batch
+        fixed = self._fixed_batch()
+        if fixed is None:
+            return
+        images, labels = fixed[0].to(self.device), fixed[1].to(self.device)
+        was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
             out = self.model(images, labels, return_attention_weights=True)
-        order = visualize.class_order(labels)
+        self.model.train(was_training)
         n = len(labels)
-        writer.image("graph/similarity_backbone",
-                         visualize.as_image(visualize.cosine_matrix(out.embeddings), order, -1, 1), epoch)
-        writer.image("graph/similarity_mpn",
-                         visualize.as_image(visualize.cosine_matrix(out.mpn_embeddings), order, -1, 1), epoch)
+        dense = []
         for layer, (edge_index, alpha) in enumerate(out.attention):
-            writer.image(f"graph/attention_layer{layer}",
-                             visualize.as_image(visualize.dense_attention(edge_index, alpha, n), order), epoch)
-            entropy = attention_entropy(edge_index, alpha, n)
-            share = same_class_attention_share(edge_index, alpha, labels)
-            writer.scalar(f"graph/attention_entropy_layer{layer}", float(entropy.mean()), epoch)
-            writer.scalar(f"graph/same_class_attention_layer{layer}", float(share.mean()), epoch)
+            dense.append(visualize.dense_attention(edge_index, alpha, n))
+            uniform = attention_baselines(edge_index, labels, n)
+            step = self.global_step
+            writer.scalar(f"attention/entropy_layer{layer}", float(attention_entropy(edge_index, alpha, n).mean()), step)
+            writer.scalar(f"attention/entropy_layer{layer}_uniform", uniform["entropy"], step)
+            writer.scalar(f"attention/same_class_layer{layer}",
+                          float(same_class_attention_share(edge_index, alpha, labels).mean()), step)
+            writer.scalar(f"attention/same_class_layer{layer}_uniform", uniform["same_class"], step)
+            writer.scalar(f"attention/mass_on_nodes_layer{layer}", float(attention_mass(edge_index, alpha, n).mean()), step)
+        figure = batch_figure(labels, visualize.cosine_matrix(out.embeddings), visualize.cosine_matrix(out.mpn_embeddings),
+                              dense, epoch, self.cfg.eval.selection)
+        writer.figure("graph/batch", figure, self.global_step)
 
     def _evaluate(self, epoch: int, writer: RunWriters) -> dict:
         cfg = self.cfg
         metrics = evaluate_model(cfg, self.model, self._selection_set(), self.device)
         split = cfg.eval.selection
         for key, value in metrics.items():
-            if is_fraction_metric(key):
-                writer.scalar(f"{split}/{key}", value, epoch)
+            if is_fraction_metric(key):  # per evaluation; the final test metrics go to test/ once
+                writer.scalar(f"selection_{split}/{key}", value, self.global_step)
         self._log_batch_pictures(writer, epoch)
         self.history.append({"epoch": epoch, **metrics})
         value = metrics[cfg.eval.metric]
@@ -308,13 +362,50 @@ class Trainer:
             self._restore(resume)
         if self.writers.enabled:
             save_config(cfg, self.run_dir.config)
-        epochs = tqdm(range(self.epoch + 1, cfg.train.epochs + 1), desc="epochs", disable=not progress_enabled())
+        epochs = tqdm(range(self.epoch + 1, cfg.train.epochs + 1), desc="epochs", leave=False,
+                      disable=not progress_enabled())
         try:
-            with self.writers as writer:
+            # On a terminal, log lines go through tqdm so that they never land on a progress bar.
+            redirect = logging_redirect_tqdm() if progress_enabled() else nullcontext()
+            with self.writers as writer, redirect:
+                self._log_summary(resume is not None)
                 result = self._epochs(epochs, writer)
         finally:
             self._train_loader = None  # lets its persistent workers shut down
         return result
+
+    def _log_summary(self, resumed: bool) -> None:
+        """What the run is about to do, before the first iteration."""
+        cfg, model = self.cfg, self.model
+        P, K = cfg.sampler.classes_per_batch, cfg.sampler.samples_per_class
+        _, sampler = self._loader()
+        iters = len(sampler) if cfg.train.iters_per_epoch <= 0 else min(cfg.train.iters_per_epoch, len(sampler))
+        backbone = sum(p.numel() for p in model.backbone.parameters())
+        mpn = sum(p.numel() for p in model.mpn.parameters()) if model.mpn is not None else 0
+        threads = f", {torch.get_num_threads()} threads" if self.device.type == "cpu" else ""
+        amp = f"AMP {cfg.train.amp_dtype}" if self.amp_dtype is not None else "float32"
+        lines = [
+            f"{'resuming after epoch ' + str(self.epoch) if resumed else 'training'} {cfg.data.name} "
+            f"into {self.out}",
+            f"device {self.device}{threads}, {amp}",
+            f"data: train {len(self.train_set)} images of {self.train_set.num_classes} classes; selection on "
+            f"the {cfg.eval.selection} split every {cfg.eval.every} epochs ({cfg.eval.metric}); test at the end",
+            f"batch {P} x {K} = {P * K}{' (P x K drawn each epoch)' if cfg.sampler.random_pk else ''}, "
+            f"{iters} iterations an epoch (sampler.epoch_length {cfg.sampler.epoch_length}"
+            f"{', capped by train.iters_per_epoch' if cfg.train.iters_per_epoch > 0 else ''}), "
+            f"{cfg.train.epochs} epochs, LR {cfg.train.lr:.4g} dropping at {list(cfg.train.lr_drop_epochs)}",
+            f"model: {cfg.model.backbone} backbone {backbone / 1e6:.2f} M parameters; graph {cfg.graph.topology}; "
+            + (f"MPN {cfg.mpn.num_layers} layer(s) x {cfg.mpn.num_heads} heads, {mpn / 1e6:.2f} M parameters"
+               if model.mpn is not None else "no MPN"),
+        ]
+        for line in lines:
+            self.writers.line(line)
+
+    def _loader(self):
+        """The run's one training loader (its workers persist across epochs) and its sampler."""
+        if self._train_loader is None:
+            self._train_loader = build_train_loader(self.cfg, self.train_set, self.epoch + 1)
+        return self._train_loader
 
     def _epochs(self, epochs, writer: RunWriters) -> dict:
         """Train the remaining epochs, evaluating and checkpointing, then finish the run."""
@@ -329,20 +420,21 @@ class Trainer:
             metrics = None
             if epoch % cfg.eval.every == 0 or epoch == cfg.train.epochs:
                 metrics = self._evaluate(epoch, writer)
-            self.train_time += time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            self.train_time += seconds
             self._save(self.run_dir.last)
-            self._log_epoch(epoch, losses, metrics)
+            self._log_epoch(epoch, losses, metrics, seconds)
         return self._finish(writer)
 
-    def _log_epoch(self, epoch: int, losses: dict, metrics: Optional[dict]) -> None:
+    def _log_epoch(self, epoch: int, losses: dict, metrics: Optional[dict], seconds: float) -> None:
         cfg = self.cfg
         parts = [f"epoch {epoch}/{cfg.train.epochs}",
                  "loss " + " ".join(f"{k} {v:.4f}" for k, v in losses.items()),
                  f"lr {self.optimizer.param_groups[0]['lr']:.3g}"]
         if metrics is not None:
-            parts.append(f"{cfg.eval.selection} {cfg.eval.metric} {100 * metrics[cfg.eval.metric]:.2f} "
-                         f"(best {100 * self.best['value']:.2f} @ {self.best['epoch']})")
-        parts.append(f"time {self.train_time:.1f}s")
+            parts.append(f"{cfg.eval.selection} {cfg.eval.metric} {100 * metrics[cfg.eval.metric]:.2f}% "
+                         f"(best {100 * self.best['value']:.2f}% at epoch {self.best['epoch']})")
+        parts.append(f"epoch time {seconds:.1f} s, training time so far {_duration(self.train_time)}")
         self.writers.line(" | ".join(parts))
 
     def _finish(self, writer: RunWriters) -> dict:
@@ -359,7 +451,7 @@ class Trainer:
             test = evaluate_model(cfg, self.model, test_set, self.device)
         for key, value in test.items():
             if is_fraction_metric(key):
-                writer.scalar(f"test/{key}", value, self.epoch)
+                writer.scalar(f"test/{key}", value, self.global_step)
         result = {
             "dataset": cfg.data.name,
             "epochs": self.epoch,
@@ -379,8 +471,12 @@ class Trainer:
             {f"hparam/test_{k}": v for k, v in test.items() if is_fraction_metric(k)}
             | {f"hparam/{cfg.eval.selection}_{cfg.eval.metric}": result["selection"]["best_value"] or 0.0},
         )
-        writer.line("test | " + " | ".join(f"{k} {100 * v:.2f}" for k, v in test.items()
+        writer.line("test | " + " | ".join(f"{k} {100 * v:.2f}%" for k, v in test.items()
                                            if is_fraction_metric(k)))
+        kept = f"{self.run_dir.best} (epoch {self.best['epoch']})" if self.best else "no best.pt"
+        writer.line(f"done in {_duration(self.train_time)}: test metrics in {self.run_dir.metrics}; checkpoints "
+                    f"{self.run_dir.last} (epoch {self.epoch}, resumable) and {kept}; "
+                    f"tensorboard --logdir {self.out}")
         return result
 
 
@@ -393,3 +489,8 @@ def _hparams(cfg, topology) -> dict:
         keys += ["mpn.num_layers", "mpn.num_heads", "loss.mpn_weight"]
     keys += ["loss.temperature", "train.lr", "seed"]
     return {key: OmegaConf.select(cfg, key) for key in keys}
+
+
+def _duration(seconds: float) -> str:
+    """``3725.2`` -> ``1:02:05``."""
+    return str(timedelta(seconds=int(round(seconds))))

@@ -1,7 +1,6 @@
-"""Pictures for TensorBoard: a batch's attention and similarity matrices, nodes sorted by class."""
+"""The matrices behind the TensorBoard pictures (:mod:`ibc_geo.engine.figures`): a batch's dense
+attention and cosine similarity, and the node order that groups classes."""
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +24,3 @@ def dense_attention(edge_index: torch.Tensor, alpha: torch.Tensor, num_nodes: in
 def cosine_matrix(x: torch.Tensor) -> torch.Tensor:
     x = F.normalize(x.detach().float().cpu(), dim=-1)
     return x @ x.t()
-
-
-def as_image(matrix: torch.Tensor, order: Optional[torch.Tensor] = None, low: float = None,
-             high: float = None) -> torch.Tensor:
-    """A ``[1, N, N]`` picture in [0, 1] (``low``/``high`` fix the colour scale, else min/max)."""
-    if order is not None:
-        matrix = matrix[order][:, order]
-    low = float(matrix.min()) if low is None else low
-    high = float(matrix.max()) if high is None else high
-    return ((matrix - low) / max(high - low, 1e-12)).clamp(0, 1).unsqueeze(0)

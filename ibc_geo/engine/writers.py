@@ -8,6 +8,7 @@ values and never touch a writer.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any, Mapping, Optional
 
 from ibc_geo.utils.io import atomic_write_json
@@ -42,12 +43,13 @@ class RunWriters:
 
     # ---------------------------------------------------------------------------- log lines
     def line(self, text: str) -> None:
-        """One line to the console (the ``ibc_geo`` logger) and to ``log.txt``."""
+        """One line to the console (the ``ibc_geo`` logger) and to ``log.txt``, there with its date
+        and time."""
         if not self.enabled:
             return
         logger.info(text)
         with open(self.run_dir.log, "a", encoding="utf-8") as f:
-            f.write(text + "\n")
+            f.write(f"{datetime.now():%Y-%m-%d %H:%M:%S} {text}\n")
 
     # ---------------------------------------------------------------------------- TensorBoard
     def scalar(self, tag: str, value: float, step: int) -> None:
@@ -59,8 +61,13 @@ class RunWriters:
             self._tensorboard.add_image(tag, image, step)
 
     def figure(self, tag: str, figure: Any, step: int) -> None:
+        """A matplotlib figure (closed afterwards, also where nothing is written)."""
         if self._tensorboard is not None:
-            self._tensorboard.add_figure(tag, figure, step)
+            self._tensorboard.add_figure(tag, figure, step, close=True)
+        else:
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
 
     def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
         if self._tensorboard is not None:

@@ -31,8 +31,13 @@ def test_one_run_writes_every_output(tiny_cfg):
     # the written config reproduces the run's config
     assert load_config(os.path.join(out, "config.yaml")) == cfg
     with open(os.path.join(out, "log.txt")) as f:
-        lines = f.read().splitlines()
-    assert lines[0].startswith("epoch 1/2") and lines[-1].startswith("test")
+        lines = [line[len("2026-12-01 10:00:00 "):] for line in f.read().splitlines()]  # after the date and time
+    assert lines[0].startswith("training digits into") and any(l.startswith("epoch 1/2 |") for l in lines)
+    assert lines[-2].startswith("test | recall@1 ") and lines[-1].startswith("done in")
+    assert "metrics.json" in lines[-1] and "best.pt" in lines[-1]
+    # best.pt: what selection and the LR-drop reload need, not the optimizer state.
+    best = torch.load(os.path.join(out, "checkpoints", "best.pt"), weights_only=True)
+    assert set(best) == {"model", "epoch", "best", "config"} and "optimizer" in state
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
@@ -294,17 +299,55 @@ def _scalars_and_images(folder):
 
 @pytest.mark.parametrize("topology", ["full", "same_class"])
 def test_tensorboard_logs_losses_metrics_pictures_and_attention_statistics(tiny_cfg, topology):
-    cfg = tiny_cfg("graph.topology", topology, "train.epochs", "1")
+    cfg = tiny_cfg("graph.topology", topology, "train.epochs", "2")
     train(cfg)
     acc, scalars, images = _scalars_and_images(cfg.output_dir)
-    for tag in ("loss/total", "loss/backbone", "loss/mpn", "lr", "val/recall@1", "val/map@r", "val/nmi",
-                "test/recall@1", "graph/attention_entropy_layer0", "graph/same_class_attention_layer0"):
+    for tag in ("loss/total", "loss/backbone", "loss/mpn", "lr", "selection_val/recall@1", "selection_val/map@r",
+                "selection_val/nmi", "test/recall@1", "attention/entropy_layer0", "attention/same_class_layer0",
+                "attention/entropy_layer0_uniform", "attention/same_class_layer0_uniform",
+                "attention/mass_on_nodes_layer0"):
         assert tag in scalars, tag
-    assert {"graph/attention_layer0", "graph/similarity_backbone", "graph/similarity_mpn"} <= images
-    share = acc.Scalars("graph/same_class_attention_layer0")[-1].value
-    entropy = acc.Scalars("graph/attention_entropy_layer0")[-1].value
-    if topology == "same_class":  # every edge joins a class: all attention mass stays in the class
-        assert share == pytest.approx(1.0, abs=1e-6)
-    else:  # 3 classes x 4 samples: a uniform attention would put 1/3 of its mass in the class
-        assert 0.0 < share < 1.0
-        assert 0.0 < entropy <= math.log(12) + 1e-6
+    # One step axis, the global iteration (2 epochs x 2 iterations): evaluations at 2 and 4.
+    assert [e.step for e in acc.Scalars("loss/total")] == [1, 2, 3, 4]  # train.log_every 1
+    assert [e.step for e in acc.Scalars("selection_val/recall@1")] == [2, 4]
+    assert [e.step for e in acc.Scalars("attention/entropy_layer0")] == [2, 4]
+    for tag in scalars:
+        if tag.startswith("test/"):
+            assert len(acc.Scalars(tag)) == 1 and acc.Scalars(tag)[0].step == 4, tag  # logged once
+    # The batch figure: an RGB picture of at least 300 x 300 pixels at each evaluation.
+    assert "graph/batch" in images
+    pictures = acc.Images("graph/batch")
+    assert [p.step for p in pictures] == [2, 4] and pictures[0].width >= 300 and pictures[0].height >= 300
+    from PIL import Image
+    import io
+
+    assert Image.open(io.BytesIO(pictures[0].encoded_image_string)).mode in ("RGB", "RGBA")
+    share = acc.Scalars("attention/same_class_layer0")[-1].value
+    entropy = acc.Scalars("attention/entropy_layer0")[-1].value
+    uniform_share = acc.Scalars("attention/same_class_layer0_uniform")[-1].value
+    uniform_entropy = acc.Scalars("attention/entropy_layer0_uniform")[-1].value
+    if topology == "same_class":  # every edge joins a class: all attention over nodes stays in the class
+        assert share == pytest.approx(1.0, abs=1e-6) and uniform_share == pytest.approx(1.0)
+    else:  # the fixed batch of the val split: 2 classes x 4 samples, uniform attention gives 4/8 = 0.5
+        assert 0.0 < share < 1.0 and uniform_share == pytest.approx(0.5)
+        assert 0.0 < entropy <= uniform_entropy + 1e-6 and uniform_entropy == pytest.approx(math.log(8))
+
+
+def test_without_a_terminal_the_run_prints_a_summary_and_progress_lines(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tiny_run import TINY
+
+    out = str(tmp_path / "run")
+    r = subprocess.run([sys.executable, os.path.join(root, "tools", "train.py"), *TINY, "train.epochs", "1",
+                        "train.iters_per_epoch", "4", "train.log_every", "2", "output_dir", out],
+                       capture_output=True, text=True, cwd=root, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr
+    err = r.stderr  # logs go to stderr; stdout stays clean
+    for fragment in ("training digits into", "device cpu", "data: train", "batch 3 x 4 = 12, 4 iterations an epoch",
+                     "model: resnet18 backbone", "MPN 1 layer(s) x 2 heads",
+                     "epoch 1/1 iter 2/4 | loss", "it/s | ETA epoch", "epoch 1/1 iter 4/4",
+                     "epoch time", "done in"):
+        assert fragment in err, fragment
