@@ -47,6 +47,7 @@ from ibc_geo.ablation.plan import AblationError, AblationPlan, AblationResult, R
 from ibc_geo.ablation.report import summarize, write_reports
 from ibc_geo.config import ConfigError, config_differences, config_to_dict, load_config, parse_overrides
 from ibc_geo.utils.run_dir import RunDir
+from ibc_geo.utils.runtime import is_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -218,5 +219,6 @@ def run_ablation(
         result.trained.append(run.name)
         logger.info("[%d/%d] %s done in %.1f s", i, len(todo), run.name, time.perf_counter() - start)
     result.summaries = summarize(plan)
-    result.files = write_reports(plan, result.summaries)
+    if is_main_process():  # under torchrun every rank trains; rank 0 writes the tables
+        result.files = write_reports(plan, result.summaries)
     return result

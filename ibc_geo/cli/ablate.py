@@ -59,6 +59,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.dry_run:
         print(format_plan(result.plan), end="")
         return
+    if not result.files:  # a rank other than 0 under torchrun
+        return
     with open(result.files["md"], encoding="utf-8") as f:
         print(f.read(), end="")
     print(f"\nwrote {result.files['csv']} and {result.files['md']}; "

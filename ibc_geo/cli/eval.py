@@ -149,9 +149,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.embeddings:
         metrics, out, dataset = _evaluate_saved(args, cfg, explicit_cfg)
     else:
+        # Under torchrun each rank embeds its shard of the split; rank 0 prints and writes.
+        from ibc_geo.utils.distributed import init_from_env
+        from ibc_geo.utils.runtime import resolve_device
+
+        init_from_env(resolve_device(cfg.device))
         metrics, out, dataset = _evaluate_checkpoint(args, cfg)
     from ibc_geo.evaluation.metrics import format_table
     from ibc_geo.utils.io import atomic_write_json
+    from ibc_geo.utils.runtime import is_main_process
+
+    if not is_main_process():
+        return 0
 
     record = _json_ready(metrics)
     record.update(dataset=dataset, split=args.split or ("test" if (args.ckpt or args.init) else None))

@@ -95,6 +95,7 @@ class TrainConfig:
     lr_drop_factor: float = 0.1  # multiplier of the learning rate at each drop (paper: 0.1)
     lr_drop_cumulative: bool = False  # false: lr = lr * factor at every drop (official); true: lr * factor^drops
     amp: bool = False  # autocast mixed precision (CUDA only; ignored on CPU)
+    sync_bn: bool = False  # under torchrun: backbone BatchNorm over the global batch (what equals one process)
     amp_dtype: str = "bfloat16"  # autocast dtype: bfloat16 | float16 (float16 uses a grad scaler)
     resume: bool = False  # continue from output_dir/checkpoints/last.pt
     overwrite: bool = False  # allow starting afresh in an output_dir that already holds a run

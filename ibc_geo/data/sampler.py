@@ -52,10 +52,11 @@ class PKSampler(torch.utils.data.Sampler):
     stays ``P K``. The draw is a function of ``(seed, epoch)``, made by :meth:`set_epoch`, after which
     :attr:`P`, :attr:`K` and ``len(sampler)`` are those of that epoch.
 
-    **Several processes.** With ``world_size`` > 1 the ``B`` batches (shuffled) are padded with
-    extra random batches to a multiple of ``world_size`` and rank ``r`` takes batches
-    ``r, r + world_size, ...``: ranks get disjoint batches, together covering every image, and
-    ``len(sampler)`` = :math:`\lceil B / \text{world\_size} \rceil` on every rank.
+    **Several processes.** ``P x K`` is the *global* batch: every rank computes the same epoch of
+    global batches (same seed) and takes its contiguous slice of each, ``batch[r * b:(r + 1) * b]``
+    with ``b = P K / world_size`` (which must divide): the slices of a batch are disjoint and cover
+    it, the global batches are the same for any world size, and ``len(sampler)`` is the number of
+    global batches on every rank. The ranks all-gather their embeddings into the one batch graph.
 
     Everything is a function of ``(seed, epoch)`` (``numpy.random.default_rng([seed, epoch])``; the
     ``random_pk`` draw ``default_rng([seed, epoch, 2])``); call :meth:`set_epoch` before each epoch.
@@ -81,6 +82,9 @@ class PKSampler(torch.utils.data.Sampler):
             raise ValueError(f"PKSampler needs P >= 1 and K >= 1, got P={classes_per_batch}, K={samples_per_class}")
         if not 0 <= rank < world_size:
             raise ValueError(f"PKSampler rank must be in [0, world_size={world_size}), got {rank}")
+        if (classes_per_batch * samples_per_class) % world_size:
+            raise ValueError(f"PKSampler: the global batch P x K = {classes_per_batch * samples_per_class} "
+                             f"must split evenly over {world_size} processes")
         if epoch_length not in EPOCH_LENGTHS:
             raise ValueError(f"PKSampler epoch_length must be one of {EPOCH_LENGTHS}, got {epoch_length!r}")
         _, inverse = np.unique(labels, return_inverse=True)
@@ -129,7 +133,7 @@ class PKSampler(torch.utils.data.Sampler):
             self._configure(P, self._batch_size // P)
 
     def __len__(self) -> int:
-        return math.ceil(self.num_batches_total / self.world_size)
+        return self.num_batches_total
 
     def __repr__(self) -> str:
         return (f"PKSampler(P={self.P}, K={self.K}, classes={len(self._members)}, batches={len(self)}, "
@@ -195,17 +199,19 @@ class PKSampler(torch.utils.data.Sampler):
         assert not left.any(), "PKSampler left chunks unscheduled"
         return [batches[i] for i in rng.permutation(len(batches))]
 
-    def _extra_batch(self, rng: np.random.Generator) -> np.ndarray:
-        classes = rng.choice(len(self._members), self.P, replace=False)
-        return np.concatenate([self._draw(int(c), rng) for c in classes])
+    @property
+    def local_batch_size(self) -> int:
+        """This rank's share of each global batch."""
+        return self.batch_size // self.world_size
+
+    def global_batches(self) -> List[np.ndarray]:
+        """All global batches of the current epoch (the same on every rank)."""
+        return self._schedule(np.random.default_rng([self.seed, self.epoch]))
 
     def batches(self) -> List[List[int]]:
-        """This rank's batches of the current epoch (the list ``__iter__`` yields)."""
-        rng = np.random.default_rng([self.seed, self.epoch])
-        batches = self._schedule(rng)
-        while len(batches) % self.world_size:
-            batches.append(self._extra_batch(rng))
-        return [b.tolist() for b in batches[self.rank::self.world_size]]
+        """This rank's slices of the current epoch's global batches (the list ``__iter__`` yields)."""
+        b = self.local_batch_size
+        return [batch[self.rank * b:(self.rank + 1) * b].tolist() for batch in self.global_batches()]
 
     def __iter__(self) -> Iterator[List[int]]:
         return iter(self.batches())
@@ -216,10 +222,11 @@ class SeededBatches(torch.utils.data.Sampler):
 
     Yields lists of ``(index, sample_seed)``; :class:`~ibc_geo.data.RetrievalDataset` runs the
     transform of that sample on torch's RNG seeded with ``sample_seed``. The seeds are a function of
-    ``(seed, epoch, rank)`` and the position in the epoch
-    (``numpy.random.default_rng([seed, epoch, rank, 1])``), so an epoch's augmented images do not
-    depend on which worker loads them, how many workers there are, or whether they persist across
-    epochs: a resumed run, or one with another ``data.workers``, sees the same images.
+    ``(seed, epoch)`` and the position in the epoch's global batches
+    (``numpy.random.default_rng([seed, epoch, 0, 1])``; each rank takes its slice), so an epoch's
+    augmented images do not depend on which worker loads them, how many workers or ranks there
+    are, or whether they persist across epochs: a resumed run, or one with another
+    ``data.workers`` or world size, sees the same images.
 
     Args:
         batch_sampler: the :class:`PKSampler` that picks the indices; call its ``set_epoch``.
@@ -236,6 +243,8 @@ class SeededBatches(torch.utils.data.Sampler):
     def __iter__(self) -> Iterator[List[tuple]]:
         sampler = self.batch_sampler
         batches = sampler.batches()
-        rng = np.random.default_rng([self.seed, sampler.epoch, sampler.rank, 1])
-        seeds = rng.integers(0, 2**63 - 1, size=(len(batches), sampler.batch_size)).tolist()
+        rng = np.random.default_rng([self.seed, sampler.epoch, 0, 1])
+        seeds = rng.integers(0, 2**63 - 1, size=(len(batches), sampler.batch_size))
+        b = sampler.local_batch_size
+        seeds = seeds[:, sampler.rank * b:(sampler.rank + 1) * b].tolist()
         return iter([list(zip(batch, batch_seeds)) for batch, batch_seeds in zip(batches, seeds)])

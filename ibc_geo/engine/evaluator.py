@@ -9,7 +9,8 @@ import torch
 from ibc_geo.data import build_dataset, build_eval_loader, build_transforms
 from ibc_geo.engine.checkpoint import CheckpointError, config_differences, load_checkpoint, load_model_state
 from ibc_geo.evaluation import evaluate_embeddings, extract_embeddings
-from ibc_geo.utils.runtime import autocast_dtype, resolve_device
+from ibc_geo.utils.distributed import broadcast_object, gather_objects
+from ibc_geo.utils.runtime import autocast_dtype, distributed_rank, resolve_device
 
 
 def amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
@@ -24,11 +25,33 @@ def evaluate_model(cfg, model, dataset, device: torch.device) -> dict:
 
     No image is ever substituted: an unreadable one stops the evaluation naming it
     (``eval.on_corrupt error``), or (``drop``) is left out of the embeddings before any metric,
-    its path in ``dropped_images`` and the count in ``num_dropped``."""
-    loader = build_eval_loader(cfg, dataset)
+    its path in ``dropped_images`` and the count in ``num_dropped``.
+
+    Under ``torch.distributed`` each rank embeds the disjoint shard ``r, r + N, ...`` (no padding
+    duplicates); the shards are gathered back into dataset order, rank 0 computes the metrics and
+    every rank returns them, so the selection decision is the same everywhere and the metrics equal
+    the single-process ones."""
+    rank, world = distributed_rank()
+    shard = np.arange(rank, len(dataset), world)
+    source = dataset if world == 1 else torch.utils.data.Subset(dataset, shard.tolist())
+    loader = build_eval_loader(cfg, source)
     embeddings, labels = extract_embeddings(model, loader, device, amp_dtype=amp_dtype(cfg, device))
-    query_mask = dataset.query_mask
     dropped = dataset.skipped_indices()
+    if world > 1:
+        parts = gather_objects((embeddings, labels, dropped))
+        embeddings = np.empty((len(dataset), embeddings.shape[1]), dtype=embeddings.dtype)
+        labels = np.empty(len(dataset), dtype=np.int64)
+        for r, (emb_r, lab_r, _) in enumerate(parts):
+            embeddings[r::world], labels[r::world] = emb_r, lab_r
+        dropped = sorted({i for _, _, d in parts for i in d})
+    metrics = None
+    if rank == 0:
+        metrics = _metrics(cfg, dataset, embeddings, labels, dropped)
+    return broadcast_object(metrics)
+
+
+def _metrics(cfg, dataset, embeddings, labels, dropped) -> dict:
+    query_mask = dataset.query_mask
     if dropped:
         keep = np.ones(len(labels), dtype=bool)
         keep[dropped] = False

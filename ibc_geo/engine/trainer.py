@@ -39,6 +39,7 @@ from ibc_geo.evaluation import is_fraction_metric
 from ibc_geo.modeling import IntraBatchLoss, IntraBatchModel
 from ibc_geo.nn.analysis import attention_entropy, attention_mass, same_class_attention_share
 from ibc_geo.utils.errors import DivergedError, UserError
+from ibc_geo.utils.distributed import barrier, init_from_env, local_device, synchronize_batchnorm
 from ibc_geo.utils.run_dir import RunDir
 from ibc_geo.utils.runtime import progress_enabled, resolve_device, rng_state, seed_everything, set_rng_state
 
@@ -67,7 +68,9 @@ class Trainer:
         self.run_dir = RunDir(cfg.output_dir)
         self.out = self.run_dir.root
         self.ckpt_dir = self.run_dir.checkpoints
-        self.device = resolve_device(cfg.device)
+        device = resolve_device(cfg.device)
+        self.distributed = init_from_env(device)  # under torchrun: one process per device
+        self.device = local_device(device)
         self.amp_dtype = amp_dtype(cfg, self.device)
         if cfg.train.amp and self.device.type != "cuda":
             logger.warning("train.amp is on but the device is %s: training in float32", self.device)
@@ -80,6 +83,7 @@ class Trainer:
         self._picture_batch = None  # one fixed P x K batch of the selection split, drawn once
         self.global_step = 0  # training iterations done: the one step axis of every TensorBoard scalar
         self._train_loader = None  # (DataLoader, PKSampler), built at the first epoch
+        self._ddp = None  # the DistributedDataParallel wrapper of self.model, under torchrun
         self.writers = RunWriters(self.run_dir)  # rank 0 writes, the other ranks do not
         self._last_saved_epoch: Optional[int] = None  # epoch of the last.pt this run wrote or resumed
 
@@ -115,9 +119,11 @@ class Trainer:
             logger.info("train.resume: %s holds no run yet, starting afresh", self.out)
         # Starting afresh: nothing of an earlier run may leak in (a stale best.pt would be reloaded
         # by an LR drop before the first evaluation); files the trainer did not write stay.
+        barrier()  # every rank has looked before rank 0 deletes
         if found and self.writers.enabled:
             self.run_dir.remove_run_files()
             logger.info("train.overwrite: deleted %d files of the earlier run in %s", len(found), self.out)
+        barrier()
         return None
 
     def _build(self, resume: Optional[dict]) -> None:
@@ -125,6 +131,8 @@ class Trainer:
         self.train_set = build_dataset(cfg, "train", build_transforms(cfg, train=True))
         self.model = IntraBatchModel.from_config(
             cfg, self.train_set.num_classes, pretrained="none" if resume else None).to(self.device)
+        if self.distributed and cfg.train.sync_bn:  # before the optimizer takes the parameters
+            synchronize_batchnorm(self.model.backbone, self.device)
         self.loss_fn = IntraBatchLoss.from_config(cfg)
         # The official RAdam decays the weights decoupled from the gradient: p -= lr * wd * p.
         self.optimizer = torch.optim.RAdam(self.model.parameters(), lr=cfg.train.lr,
@@ -207,6 +215,7 @@ class Trainer:
         (the optimizer state is kept), then set ``lr = train.lr * lr_drop_factor`` at every drop,
         so the LR stays base/10 after the second drop; ``train.lr_drop_cumulative`` multiplies the
         factors instead (base/100 after two drops)."""
+        barrier()  # rank 0 has written best.pt before any rank reads it
         best = self.run_dir.best
         self.drops += 1
         train = self.cfg.train
@@ -241,8 +250,8 @@ class Trainer:
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             with autocast:
-                out = model(images, labels)
-            terms = self.loss_fn(labels, out.backbone_logits, out.mpn_logits)
+                out = self._training_model()(images, labels, distributed=self.distributed)
+            terms = self.loss_fn(out.labels, out.backbone_logits, out.mpn_logits)
             values = {name: float(t.detach()) for name, t in terms.items()}
             for name, value in values.items():
                 if not math.isfinite(value):
@@ -262,10 +271,23 @@ class Trainer:
                 writer.scalar("lr", self.optimizer.param_groups[0]["lr"], self.global_step)
             bar.set_postfix(loss=f"{values['total']:.3f}")
             bar.update()
-            if bar.disable and ((it + 1) % cfg.train.log_every == 0 or it + 1 == iters):
+            if bar.disable and writer.enabled and ((it + 1) % cfg.train.log_every == 0 or it + 1 == iters):
                 self._log_progress(epoch, it + 1, iters, values, time.perf_counter() - tick)
         bar.close()
         return {name: s / max(iters, 1) for name, s in sums.items()}
+
+    def _training_model(self):
+        """The model the training step calls: itself, or under torchrun its DDP wrapper (built at
+        the first step, after a resume has loaded the weights; checkpoints hold ``self.model``,
+        without DDP's ``module.`` prefix)."""
+        if not self.distributed:
+            return self.model
+        if self._ddp is None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(self.model, device_ids=ids)
+        return self._ddp
 
     def _log_progress(self, epoch: int, done: int, iters: int, values: dict, elapsed: float) -> None:
         """Without a terminal (nohup, CI), a line every ``train.log_every`` iterations (detectron2-style)."""
@@ -370,6 +392,7 @@ class Trainer:
             with self.writers as writer, redirect:
                 self._log_summary(resume is not None)
                 result = self._epochs(epochs, writer)
+            barrier()  # no rank returns before rank 0 has written metrics.json
         finally:
             self._train_loader = None  # lets its persistent workers shut down
         return result
@@ -440,6 +463,7 @@ class Trainer:
     def _finish(self, writer: RunWriters) -> dict:
         """Evaluate the selected checkpoint once on the test split; write metrics.json and hparams."""
         cfg = self.cfg
+        barrier()
         best = self.run_dir.best
         if cfg.eval.selection == "test" and self.best is not None and self.best.get("metrics"):
             # Selected on the test split: best.pt's test metrics are already known, exactly.

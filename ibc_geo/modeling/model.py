@@ -16,13 +16,15 @@ from torch_geometric.data import Data
 from ibc_geo.graph import build_topology_from_config
 from ibc_geo.modeling.backbone import EmbeddingBackbone
 from ibc_geo.nn import MessagePassingNetwork
+from ibc_geo.utils.distributed import gather_tensor, gather_with_grad
 
 
 @dataclass
 class ModelOutput:
     """What one training forward pass yields."""
 
-    embeddings: torch.Tensor  # f: backbone embeddings [B, D]
+    embeddings: torch.Tensor  # f: backbone embeddings [B, D] (all ranks' when distributed)
+    labels: Optional[torch.Tensor]  # the labels of the B nodes (all ranks' when distributed)
     backbone_logits: torch.Tensor  # [B, C]
     graph: Data  # the batch graph (x = f detached, edge_index, edge_attr, y)
     mpn_embeddings: Optional[torch.Tensor] = None  # h: MPN output [B, D]; None without message passing
@@ -71,13 +73,21 @@ class IntraBatchModel(nn.Module):
         return self.backbone.embed(images)
 
     def forward(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None,
-                return_attention_weights: bool = False) -> ModelOutput:
+                return_attention_weights: bool = False, distributed: bool = False) -> ModelOutput:
         """Backbone embeddings and logits; the graph is built on ``f`` detached (its edges carry no
-        gradient), the MPN receives ``f`` itself, so its loss trains the backbone too."""
+        gradient), the MPN receives ``f`` itself, so its loss trains the backbone too.
+
+        With ``distributed`` (training under ``torch.distributed``), ``images`` are this rank's slice
+        of the global batch: the slices' embeddings are all-gathered with autograd and the labels
+        gathered, so that graph, MPN and both classifiers see all ``B`` nodes on every rank
+        (:mod:`ibc_geo.utils.distributed` says why the gradients are then exact)."""
         f = self.backbone.embed(images)
+        if distributed:
+            f = gather_with_grad(f)
+            labels = None if labels is None else gather_tensor(labels)
         backbone_logits = self.backbone.classify(f)
         graph = self.topology(Data(x=f.detach().float(), y=labels))
-        out = ModelOutput(embeddings=f, backbone_logits=backbone_logits, graph=graph)
+        out = ModelOutput(embeddings=f, labels=labels, backbone_logits=backbone_logits, graph=graph)
         if self.mpn is not None:
             result = self.mpn(f, graph.edge_index, return_attention_weights=return_attention_weights)
             out.mpn_embeddings, out.mpn_logits = result[0], result[1]

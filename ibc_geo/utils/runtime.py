@@ -73,5 +73,5 @@ def set_rng_state(state: dict) -> None:
 
 
 def progress_enabled() -> bool:
-    """tqdm bars only on a terminal (logs stay clean in CI and under nohup)."""
-    return sys.stderr.isatty()
+    """tqdm bars only on a terminal (logs stay clean in CI and under nohup), and only on rank 0."""
+    return sys.stderr.isatty() and is_main_process()

@@ -116,19 +116,30 @@ def test_small_class_topped_up():
 
 @pytest.mark.parametrize("epoch_length,total", [("cover", 10), ("official", 11)])
 @pytest.mark.parametrize("world_size", [2, 3])
-def test_ranks_get_disjoint_batches(world_size, epoch_length, total):
+def test_ranks_get_disjoint_slices_of_the_same_global_batches(world_size, epoch_length, total):
     samplers = [PKSampler(LABELS, P, K, seed=5, rank=r, world_size=world_size, epoch_length=epoch_length)
                 for r in range(world_size)]
     for s in samplers:
         s.set_epoch(2)
     per_rank = [list(s) for s in samplers]
-    assert all(len(b) == len(samplers[0]) == math.ceil(total / world_size) for b in per_rank)
-    flat = [tuple(b) for batches in per_rank for b in batches]
-    assert len(set(flat)) == len(flat)
-    assert {i for b in flat for i in b} == set(range(len(LABELS)))
+    assert all(len(b) == len(samplers[0]) == total for b in per_rank)  # the global batch count
     single = PKSampler(LABELS, P, K, seed=5, epoch_length=epoch_length)
     single.set_epoch(2)
-    assert {tuple(b) for b in single} <= set(flat)
+    for i, batch in enumerate(single):
+        slices = [per_rank[r][i] for r in range(world_size)]
+        assert all(len(sl) == P * K // world_size for sl in slices)
+        assert sum(slices, []) == batch  # disjoint, in order, covering the global batch
+    # The augmentation seeds follow the global position too: the same for any world size.
+    from ibc_geo.data import SeededBatches
+
+    whole = list(SeededBatches(single, seed=1))
+    parts = [list(SeededBatches(s, seed=1)) for s in samplers]
+    assert [sum((p[i] for p in parts), []) for i in range(total)] == whole
+
+
+def test_a_global_batch_must_split_over_the_ranks():
+    with pytest.raises(ValueError, match="must split evenly over 5 processes"):
+        PKSampler(LABELS, P, K, rank=0, world_size=5)
 
 
 def test_too_few_classes():
@@ -259,9 +270,13 @@ def test_seeded_batches_pair_the_pk_batches_with_per_epoch_seeds():
     assert list(SeededBatches(sampler, seed=3)) == first  # a function of (seed, epoch)
     sampler.set_epoch(2)
     assert not set(seeds) & {s for b in seeded for _, s in b}
-    other_rank = PKSampler(LABELS, P, K, seed=3, rank=1, world_size=2)
-    other_rank.set_epoch(1)
-    assert not set(seeds) & {s for b in SeededBatches(other_rank, seed=3) for _, s in b}
+    # Ranks take slices of the global batches, seeds included: rank 1 of 2 gets the second half of
+    # each batch's seeds, none of rank 0's.
+    ranks = [PKSampler(LABELS, P, K, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    for r in ranks:
+        r.set_epoch(1)
+    halves = [{s for b in SeededBatches(r, seed=3) for _, s in b} for r in ranks]
+    assert not halves[0] & halves[1] and halves[0] | halves[1] == set(seeds)
 
 
 def test_sample_seed_fixes_the_augmentation_and_leaves_the_global_rng(tmp_path):
