@@ -16,15 +16,17 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ibc_geo.config import config_to_dict, save_config
-from ibc_geo.data import build_dataset, build_train_loader, build_transforms
+from ibc_geo.data import build_dataset, build_eval_loader, build_train_loader, build_transforms
 from ibc_geo.engine import visualize
 from ibc_geo.engine.figures import attention_baselines, batch_figure
+from ibc_geo.engine.retrieval_grid import draw_retrieval_grid
 from ibc_geo.engine.checkpoint import (
     RUNTIME_KEYS,
     CheckpointError,
@@ -35,7 +37,7 @@ from ibc_geo.engine.checkpoint import (
 )
 from ibc_geo.engine.evaluator import amp_dtype, evaluate_model
 from ibc_geo.engine.writers import RunWriters
-from ibc_geo.evaluation import is_fraction_metric
+from ibc_geo.evaluation import extract_embeddings, is_fraction_metric
 from ibc_geo.modeling import IntraBatchLoss, IntraBatchModel
 from ibc_geo.nn.analysis import attention_entropy, attention_mass, same_class_attention_share
 from ibc_geo.utils.errors import DivergedError, UserError
@@ -81,6 +83,7 @@ class Trainer:
         self.train_time = 0.0
         self._selection_dataset = None
         self._picture_batch = None  # one fixed P x K batch of the selection split, drawn once
+        self._retrieval_items = None  # fixed items of the selection split for the retrieval picture
         self.global_step = 0  # training iterations done: the one step axis of every TensorBoard scalar
         self._train_loader = None  # (DataLoader, PKSampler), built at the first epoch
         self._ddp = None  # the DistributedDataParallel wrapper of self.model, under torchrun
@@ -325,6 +328,56 @@ class Trainer:
                                    torch.tensor([label for _, label, _ in items]))
         return self._picture_batch
 
+    def _embed_items(self, dataset, indices):
+        """Backbone embeddings (L2-normalised) of ``dataset[indices]``, in that order."""
+        loader = build_eval_loader(self.cfg, torch.utils.data.Subset(dataset, [int(i) for i in indices]))
+        embeddings, _ = extract_embeddings(self.model, loader, self.device, amp_dtype=self.amp_dtype)
+        return torch.from_numpy(embeddings)
+
+    def _log_retrieval_picture(self, writer: RunWriters, epoch: int, queries: int = 8, k: int = 8,
+                               gallery: int = 512) -> None:
+        """The paper's figure at each evaluation: 8 fixed queries of the selection split, each with its
+        top-8 neighbours among ``gallery`` fixed items of that split (itself excluded), framed green
+        where the class matches and red where not."""
+        if not writer.enabled:
+            return
+        dataset = self._selection_set()
+        if self._retrieval_items is None:
+            rng = np.random.default_rng([self.cfg.seed, 3])
+            items = np.sort(rng.choice(len(dataset), min(gallery, len(dataset)), replace=False))
+            labels = dataset.labels[items]
+            first = [int(np.flatnonzero(labels == c)[0]) for c in rng.permutation(np.unique(labels))[:queries]]
+            self._retrieval_items = (items, np.array(first))
+        items, query_rows = self._retrieval_items
+        if len(items) <= k:
+            return
+        emb = self._embed_items(dataset, items)
+        sim = emb[query_rows] @ emb.t()
+        sim[torch.arange(len(query_rows)), torch.as_tensor(query_rows)] = -float("inf")  # not itself
+        nearest = sim.topk(k, dim=1).indices.numpy()
+        labels = dataset.labels[items]
+        image = lambda row: dataset[int(items[row])][0]  # noqa: E731  (the evaluation transform)
+        picture = draw_retrieval_grid([image(q) for q in query_rows], [[image(n) for n in row] for row in nearest],
+                                      labels[nearest] == labels[query_rows][:, None], thumb=64,
+                                      mean=self.cfg.data.mean, std=self.cfg.data.std)
+        writer.image("retrieval/top8", np.asarray(picture), self.global_step, dataformats="HWC")
+
+    def _log_projector(self, writer: RunWriters, test_set, limit: int = 2000) -> None:
+        """TensorBoard's embedding projector at the end: up to ``limit`` test items with labels and
+        thumbnails."""
+        if not writer.enabled:
+            return
+        rng = np.random.default_rng([self.cfg.seed, 4])
+        items = np.sort(rng.choice(len(test_set), min(limit, len(test_set)), replace=False))
+        emb = self._embed_items(test_set, items)
+        mean = torch.tensor(self.cfg.data.mean).view(3, 1, 1)
+        std = torch.tensor(self.cfg.data.std).view(3, 1, 1)
+        thumbs = torch.stack([torch.nn.functional.interpolate((test_set[int(i)][0] * std + mean).clamp(0, 1)[None],
+                                                              size=(32, 32), mode="bilinear", align_corners=False)[0]
+                              for i in items])
+        names = [str(test_set.class_ids[c]) for c in test_set.labels[items]]
+        writer.embedding(emb, names, thumbs, self.global_step, "test_embeddings")
+
     def _log_batch_pictures(self, writer: RunWriters, epoch: int) -> None:
         """The fixed batch's figure (similarities before / after the MPN, each layer's attention) and
         per layer the attention entropy and same-class share next to uniform attention's values."""
@@ -363,6 +416,7 @@ class Trainer:
             if is_fraction_metric(key):  # per evaluation; the final test metrics go to test/ once
                 writer.scalar(f"selection_{split}/{key}", value, self.global_step)
         self._log_batch_pictures(writer, epoch)
+        self._log_retrieval_picture(writer, epoch)
         self.history.append({"epoch": epoch, **metrics})
         value = metrics[cfg.eval.metric]
         value = -math.inf if math.isnan(value) else value  # e.g. MAP@R when no query has a positive
@@ -473,6 +527,12 @@ class Trainer:
                 load_model_state(self.model, load_checkpoint(best)["model"], str(best))
             test_set = build_dataset(cfg, "test", build_transforms(cfg, train=False))
             test = evaluate_model(cfg, self.model, test_set, self.device)
+        if writer.enabled:  # the projector shows the selected model's test embeddings
+            if cfg.eval.selection == "test":
+                if best.exists():
+                    load_model_state(self.model, load_checkpoint(best)["model"], str(best))
+                test_set = self._selection_set()
+            self._log_projector(writer, test_set)
         for key, value in test.items():
             if is_fraction_metric(key):
                 writer.scalar(f"test/{key}", value, self.global_step)

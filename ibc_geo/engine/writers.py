@@ -56,9 +56,15 @@ class RunWriters:
         if self._tensorboard is not None:
             self._tensorboard.add_scalar(tag, value, step)
 
-    def image(self, tag: str, image: Any, step: int) -> None:
+    def image(self, tag: str, image: Any, step: int, dataformats: str = "CHW") -> None:
         if self._tensorboard is not None:
-            self._tensorboard.add_image(tag, image, step)
+            self._tensorboard.add_image(tag, image, step, dataformats=dataformats)
+
+    def embedding(self, embeddings: Any, labels: Any, thumbnails: Any, step: int, tag: str) -> None:
+        """TensorBoard's embedding projector: points with their labels and image thumbnails."""
+        if self._tensorboard is not None:
+            self._tensorboard.add_embedding(embeddings, metadata=labels, label_img=thumbnails,
+                                            global_step=step, tag=tag)
 
     def figure(self, tag: str, figure: Any, step: int) -> None:
         """A matplotlib figure (closed afterwards, also where nothing is written)."""
