@@ -58,6 +58,11 @@ def _load_npy(path: str, what: str):
 
     if not os.path.isfile(path):
         raise EvalInputError(f"{what} file not found: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        raise EvalInputError(f"{what} file {path} is not a .npy array (written by numpy.save); a text or "
+                             f"other file cannot be read as {what}")
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:

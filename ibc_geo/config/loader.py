@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
@@ -83,12 +84,18 @@ def _layers_of_file(path: str, seen: tuple = ()) -> list[tuple[dict, str]]:
     if real in seen:
         raise ConfigError(f"config file {path} inherits itself through _BASE_: {' -> '.join(seen)}")
     data = read_yaml(path)
+    if not data:
+        warnings.warn(f"config file {path} is empty: every key keeps its schema default (the paper's CUB "
+                      f"recipe: ResNet-50 from ImageNet for 70 epochs)", UserWarning, stacklevel=2)
     base = data.pop(BASE_KEY, None)
     layers = []
     if base is not None:
         if not isinstance(base, str):
             raise ConfigError(f"{BASE_KEY} in {path} must be a file path, got {base!r}")
         base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
+        if not os.path.isfile(base_path):
+            raise ConfigError(f"config file {path} inherits {BASE_KEY}: {base}, which is not found "
+                              f"(looked for {base_path}, relative to {path})")
         layers.extend(_layers_of_file(base_path, seen + (real,)))
     layers.append((data, f"config file {path}"))
     return layers
@@ -126,6 +133,9 @@ def _merge_layer(cfg: DictConfig, layer: dict, source: str) -> DictConfig:
         key = getattr(e, "full_key", None) or "?"
         value = getattr(e, "value", None)
         msg = str(e).splitlines()[0]
+        if "is not a ListConfig" in msg:
+            raise ConfigError(f"config key {key!r} in {source} takes a list, e.g. {key} [{value}], got the "
+                              f"single value {value!r}") from None
         raise ConfigError(f"bad value for config key {key!r} in {source}: {value!r} ({msg})") from None
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 
 import numpy as np
 import torch
@@ -53,6 +54,12 @@ def build_train_loader(cfg, dataset, epoch: int = 0) -> tuple[DataLoader, PKSamp
             f"the {dataset.split} split of {cfg.data.name} ({cfg.data.root or 'built in'}) has {num_classes} "
             f"classes, fewer than sampler.classes_per_batch = {cfg.sampler.classes_per_batch}; lower "
             f"sampler.classes_per_batch, or data.val_classes (held-out classes are not trained on)")
+    sizes = np.unique(dataset.labels, return_counts=True)[1]
+    small = int((sizes < cfg.sampler.samples_per_class).sum())
+    if small and not cfg.sampler.random_pk:
+        warnings.warn(f"{small} of {len(sizes)} classes of the {dataset.split} split have fewer than "
+                      f"sampler.samples_per_class = {cfg.sampler.samples_per_class} images: their batches repeat "
+                      f"images (topped up with replacement)", UserWarning, stacklevel=2)
     try:
         sampler = PKSampler(dataset.labels, cfg.sampler.classes_per_batch, cfg.sampler.samples_per_class,
                             seed=cfg.seed, rank=rank, world_size=world_size,

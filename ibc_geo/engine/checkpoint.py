@@ -31,9 +31,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - report any unreadable file the same way
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        what = (f"a {type(state).__name__}" if not isinstance(state, dict)
+                else f"a state dict of another kind (keys such as {', '.join(list(map(str, state))[:3])})")
+        raise CheckpointError(
+            f"{path} is not an ibc_geo checkpoint: it holds {what}; expected a run's checkpoints/best.pt "
+            f"or last.pt (a dict with 'model' and 'config'). Backbone weights go to model.pretrained instead")
+    return state
 
 
 def load_model_state(model: torch.nn.Module, state: dict, source: str) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Dict, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import faiss
@@ -454,6 +455,13 @@ def evaluate_embeddings(embeddings, labels, recall_k: Sequence[int] = (1, 2, 4, 
 
     num_queries = q_codes.shape[0]
     available = database.shape[0] - int(exclude_self)
+    if ks[-1] >= available:
+        warnings.warn(f"Recall@{ks[-1]} with only {available} items to retrieve per query: every K >= "
+                      f"{available} is trivially 1 (Recall@K is meaningful for K below the gallery size)",
+                      UserWarning, stacklevel=2)
+    if num_classes < 2:
+        warnings.warn("the evaluation set holds a single class: every neighbour is a match, so Recall@K, "
+                      "MAP@R and NMI say nothing about the embedding", UserWarning, stacklevel=2)
     k = min(available, max(ks[-1], int(num_relevant.max())))
     first = np.empty(num_queries, np.int32)
     ap = np.empty(num_queries)

@@ -123,12 +123,9 @@ def test_nan_loss_in_the_first_epoch_names_no_checkpoint(tiny_cfg, monkeypatch):
     assert not os.path.exists(os.path.join(cfg.output_dir, "checkpoints", "last.pt"))
 
 
-@pytest.mark.parametrize("cumulative", [False, True])
-def test_lr_drops_reload_the_best_weights_and_keep_the_optimizer_state(tiny_cfg, monkeypatch, cumulative):
-    # The official schedule scaled down: drops at epochs 3 and 5 of 6 (paper: 31 and 51 of 70).
-    cfg = tiny_cfg("train.epochs", "6", "train.lr_drop_epochs", "[3, 5]", "train.lr", "1e-3",
-                   "train.lr_drop_cumulative", str(cumulative).lower())
-    scores = iter([0.9, 0.5, 0.7, 0.95, 0.6, 0.1])  # best: epoch 1 before the first drop, 4 before the second
+def scripted_val_recall(values):
+    """``evaluate_model`` whose val Recall@1 is the next of ``values`` (the test split stays real)."""
+    scores = iter(values)
     real_evaluate = trainer_module.evaluate_model
 
     def scripted(cfg_, model, dataset, device):
@@ -136,6 +133,16 @@ def test_lr_drops_reload_the_best_weights_and_keep_the_optimizer_state(tiny_cfg,
         if dataset.split == "val":
             metrics["recall@1"] = next(scores)
         return metrics
+
+    return scripted
+
+
+@pytest.mark.parametrize("cumulative", [False, True])
+def test_lr_drops_reload_the_best_weights_and_keep_the_optimizer_state(tiny_cfg, monkeypatch, cumulative):
+    # The official schedule scaled down: drops at epochs 3 and 5 of 6 (paper: 31 and 51 of 70).
+    cfg = tiny_cfg("train.epochs", "6", "train.lr_drop_epochs", "[3, 5]", "train.lr", "1e-3",
+                   "train.lr_drop_cumulative", str(cumulative).lower())
+    scripted = scripted_val_recall([0.9, 0.5, 0.7, 0.95, 0.6, 0.1])  # best: epoch 1, then 4
 
     lr, reloaded, opt_before, opt_after = {}, {}, {}, {}
     original = trainer_module.Trainer._train_epoch
@@ -174,14 +181,7 @@ def test_lr_drops_reload_the_best_weights_and_keep_the_optimizer_state(tiny_cfg,
 
 def test_lr_drop_reloads_exactly_the_best_checkpoint_weights(tiny_cfg, monkeypatch):
     cfg = tiny_cfg("train.epochs", "3", "train.lr_drop_epochs", "[3]", "train.lr", "1e-3")
-    scores = iter([0.9, 0.5, 0.7])  # epoch 1 is the best before the drop at epoch 3
-    real_evaluate = trainer_module.evaluate_model
-
-    def scripted(cfg_, model, dataset, device):
-        metrics = real_evaluate(cfg_, model, dataset, device)
-        if dataset.split == "val":
-            metrics["recall@1"] = next(scores)
-        return metrics
+    scripted = scripted_val_recall([0.9, 0.5, 0.7])  # epoch 1 is the best before the drop at epoch 3
 
     seen = {}
     original = trainer_module.Trainer._train_epoch

@@ -60,6 +60,18 @@ def reference(params, x, edge_index, heads, sink=False):
     return m @ params["lin_out.weight"].t() + params["lin_out.bias"]
 
 
+def three_node_graph(path, sink):
+    """Identity projections (q = k = v = x), output bias (0.5, -0.5); node 0 hears itself, node 1
+    nobody, node 2 hears 0 and 1."""
+    m = IntraBatchAttention(2, 1, dropout=0.0, attention_path=path, sink=sink).double().eval()
+    with torch.no_grad():
+        for lin in (m.lin_query, m.lin_key, m.lin_value, m.lin_out):
+            lin.weight.copy_(torch.eye(2))
+        m.lin_out.bias.copy_(torch.tensor([0.5, -0.5]))
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0]], dtype=torch.float64)
+    return m, x, torch.tensor([[0, 0, 1], [0, 2, 2]])
+
+
 def test_repr():
     assert str(IntraBatchAttention(512, heads=8)) == "IntraBatchAttention(512, heads=8)"
     assert str(IntraBatchAttention(512, heads=8, sink=True)) == "IntraBatchAttention(512, heads=8, sink=True)"
@@ -92,13 +104,7 @@ def test_bad_arguments():
 @pytest.mark.parametrize("path", PATHS)
 def test_three_nodes_by_hand(path):
     # Identity projections: q = k = v = x. Node 0 hears itself, node 1 nobody, node 2 hears 0 and 1.
-    m = IntraBatchAttention(2, 1, dropout=0.0, attention_path=path).double().eval()
-    with torch.no_grad():
-        for lin in (m.lin_query, m.lin_key, m.lin_value, m.lin_out):
-            lin.weight.copy_(torch.eye(2))
-        m.lin_out.bias.copy_(torch.tensor([0.5, -0.5]))
-    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0]], dtype=torch.float64)
-    edge_index = torch.tensor([[0, 0, 1], [0, 2, 2]])
+    m, x, edge_index = three_node_graph(path, sink=False)
     out, (ei, alpha) = m(x, edge_index, return_attention_weights=True)
     # Node 2: scores <x2, x0>/sqrt(2) = 2/sqrt(2), <x2, x1>/sqrt(2) = 1/sqrt(2).
     a0 = 1.0 / (1.0 + math.exp(1 / math.sqrt(2) - 2 / math.sqrt(2)))
@@ -144,13 +150,7 @@ def test_dense_and_sparse_attention_weights_agree(kind, sink):
 @pytest.mark.parametrize("path", PATHS)
 def test_sink_three_nodes_by_hand(path):
     # Identity projections: q = k = v = x. Node 0 hears itself, node 1 nobody, node 2 hears 0 and 1.
-    m = IntraBatchAttention(2, 1, dropout=0.0, attention_path=path, sink=True).double().eval()
-    with torch.no_grad():
-        for lin in (m.lin_query, m.lin_key, m.lin_value, m.lin_out):
-            lin.weight.copy_(torch.eye(2))
-        m.lin_out.bias.copy_(torch.tensor([0.5, -0.5]))
-    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0]], dtype=torch.float64)
-    edge_index = torch.tensor([[0, 0, 1], [0, 2, 2]])
+    m, x, edge_index = three_node_graph(path, sink=True)
     out, (_, alpha) = m(x, edge_index, return_attention_weights=True)
     r = 1 / math.sqrt(2)
     a00 = math.exp(r) / (1 + math.exp(r))                      # <x0, x0> / sqrt(2) = 1 / sqrt(2)
