@@ -68,6 +68,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, cfg_required: bool = F
         parser.epilog = CONFIG_EPILOG
 
 
+def require_model_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The tools that load a run's model need ``--cfg RUN/config.yaml`` and ``--ckpt`` or ``--init``."""
+    if not args.cfg:
+        parser.error("--cfg RUN/config.yaml is required")
+    if not (args.ckpt or args.init):
+        parser.error("one of the arguments --ckpt --init is required")
+
+
 def config_from_args(args: argparse.Namespace):
     """The config of parsed ``args`` (a bad one raises :class:`~ibc_geo.config.ConfigError`);
     on ``--print-config`` it prints the config and exits 0."""

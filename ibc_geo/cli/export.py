@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from ibc_geo.cli.common import add_config_arguments, config_from_args, run
+from ibc_geo.cli.common import add_config_arguments, config_from_args, require_model_arguments, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,10 +30,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)
     if not args.print_config:
-        if not args.cfg:
-            parser.error("--cfg RUN/config.yaml is required")
-        if not (args.ckpt or args.init):
-            parser.error("one of the arguments --ckpt --init is required")
+        require_model_arguments(parser, args)
         if not args.format:
             parser.error("--format torchscript|onnx is required")
         if not args.out:
