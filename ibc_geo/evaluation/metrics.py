@@ -17,8 +17,8 @@ Definitions (all values are fractions in [0, 1]):
   iterations up to ``max_iter`` = 300 with its ``tol`` = 1e-4 early stop), computed with faiss
   (:func:`kmeans`; all points, no subsampling, seeded, deterministic; fewer restarts at large
   N x k, e.g. one on In-Shop and SOP: :func:`kmeans_restarts`), then mutual information over
-  the arithmetic mean of the two entropies, exactly as scikit-learn's ``normalized_mutual_info_score`` (its default
-  ``average_method="arithmetic"``). On In-Shop it clusters all test items, queries and gallery.
+  the arithmetic mean of the two entropies, exactly as scikit-learn's
+  ``normalized_mutual_info_score`` (its default ``average_method="arithmetic"``). On In-Shop it clusters all test items, queries and gallery.
 
 Neighbours come from :mod:`ibc_geo.evaluation.knn`: ties by index, the query excluded by index.
 :func:`evaluate_embeddings` runs ONE search with k = max(largest K, largest R) and reduces each
