@@ -68,6 +68,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, cfg_required: bool = F
         parser.epilog = CONFIG_EPILOG
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--ckpt CKPT`` or ``--init``: the model of the tools that load a run's model."""
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--ckpt", metavar="CKPT", help="checkpoint of the run whose config is --cfg")
+    model.add_argument("--init", action="store_true",
+                       help="the model as the config initialises it (ImageNet or seeded random weights)")
+
+
 def require_model_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """The tools that load a run's model need ``--cfg RUN/config.yaml`` and ``--ckpt`` or ``--init``."""
     if not args.cfg:

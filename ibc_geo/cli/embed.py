@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from ibc_geo.cli.common import add_config_arguments, config_from_args, require_model_arguments, run
+from ibc_geo.cli.common import (add_config_arguments, add_model_arguments, config_from_args,
+                                require_model_arguments, run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,10 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "backbone embedding, L2-normalised, with evaluation's preprocessing) into one .npz: "
                     "embeddings [N, D] float32, paths, labels when known, the config's and model's hashes. "
                     "Written by chunks, so memory stays bounded for any number of images.")
-    model = parser.add_mutually_exclusive_group()
-    model.add_argument("--ckpt", metavar="CKPT", help="checkpoint of the run whose config is --cfg")
-    model.add_argument("--init", action="store_true",
-                       help="the model as the config initialises it (ImageNet or seeded random weights)")
+    add_model_arguments(parser)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--split", choices=["train", "val", "test"], help="a split of the config's dataset")
     source.add_argument("--images", metavar="DIR_OR_TXT",

@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from ibc_geo.cli.common import add_config_arguments, config_from_args, require_model_arguments, run
+from ibc_geo.cli.common import (add_config_arguments, add_model_arguments, config_from_args,
+                                require_model_arguments, run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,9 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "input [B, 3, S, S] preprocessed images, output [B, D] unit embeddings; FILE.json beside it gives "
                     "the input size and the preprocessing. The exported file is checked against the PyTorch "
                     "model (max difference <= 1e-5; ONNX through onnxruntime, pip install -e '.[export]').")
-    model = parser.add_mutually_exclusive_group()
-    model.add_argument("--ckpt", metavar="CKPT", help="checkpoint of the run whose config is --cfg")
-    model.add_argument("--init", action="store_true", help="the model as the config initialises it")
+    add_model_arguments(parser)
     parser.add_argument("--format", choices=["torchscript", "onnx"], help="what to write")
     parser.add_argument("--out", metavar="FILE", help="the model file (FILE.json is written beside it)")
     add_config_arguments(parser)
