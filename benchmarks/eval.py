@@ -341,6 +341,8 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, default=10, help="--nmi-check: seeds per data set")
     p.add_argument("--first-seed", type=int, default=0, help="--nmi-check: seeds first-seed .. first-seed + seeds - 1")
     p.add_argument("--check-sets", nargs="+", default=None, help="--nmi-check: data sets (default all)")
+    p.add_argument("--same-seeds", type=int, default=0,
+                   help="--nmi-check: also run this many seeds with scikit-learn's own k-means++ seeds in ours")
     p.add_argument("--single-runs", type=int, default=0,
                    help="--nmi-check: also compare this many single runs (n_init=1, redo=1) on the first seed's data")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -361,7 +363,8 @@ def main(argv=None) -> None:
              f"faiss {faiss.__version__} with {faiss.omp_get_max_threads()} threads, numpy {np.__version__}; "
              f"load average at start {os.getloadavg()[0]:.2f}.", ""]
     if args.nmi_check:
-        rows = nmi_check(args.seeds, args.check_sets, args.quick, args.first_seed, args.single_runs)
+        rows = nmi_check(args.seeds, args.check_sets, args.quick, args.first_seed, args.single_runs,
+                         args.same_seeds)
         text = "\n".join(lines + rows) + "\n"
         if args.out:
             with open(args.out, "w", encoding="utf-8") as f:
@@ -431,7 +434,8 @@ NMI_SETS = {  # name: (items, classes, min size, max size, noise, per-class spre
 BEST_OF = (1, 2, 3, 5, 10)
 
 
-def nmi_check(seeds: int, sets=None, quick: bool = False, first_seed: int = 0, single_runs: int = 0) -> list:
+def nmi_check(seeds: int, sets=None, quick: bool = False, first_seed: int = 0, single_runs: int = 0,
+              same_seeds: int = 0) -> list:
     """Per seed s (data and both clusterings seeded by s): scikit-learn's NMI and ours, best of R."""
     from sklearn.cluster import KMeans
 
@@ -482,10 +486,49 @@ def nmi_check(seeds: int, sets=None, quick: bool = False, first_seed: int = 0, s
                          f"(SE {100 * d.std(ddof=1) / np.sqrt(len(d)):.2f})")
             summary.append(line)
             print(line, flush=True)
+        if same_seeds:
+            summary += same_seeds_check(name, n, c, lo, hi, noise, spread, first_seed, same_seeds)
+            print("\n".join(summary[-2:]), flush=True)
         if single_runs:
             summary.append(single_run_check(name, n, c, lo, hi, noise, spread, first_seed, single_runs))
             print(summary[-1], flush=True)
     return out + ["", f"Load average at end {os.getloadavg()[0]:.2f}.", ""] + summary
+
+
+def same_seeds_check(name, n, c, lo, hi, noise, spread, first_seed, seeds, draws=150) -> list:
+    """Everything but the seeding is scikit-learn's: (1) scikit-learn's own 10 k-means++ seedings
+    (the RandomState stream of ``KMeans(n_init=10, random_state=s)``) through our Lloyd loop and
+    best-of-10 selection give its NMI; (2) our seeding's potential (inertia of the seeds) has
+    the distribution of ``sklearn.cluster.kmeans_plusplus``'s (``draws`` draws each)."""
+    from sklearn.cluster import KMeans, kmeans_plusplus
+
+    from ibc_geo.evaluation import kmeans_plusplus as our_kmeans_plusplus, nmi_score
+    from ibc_geo.evaluation.metrics import _assign, _lloyd
+
+    diffs, pots = [], []
+    for s in range(first_seed, first_seed + seeds):
+        x, y = make_dataset(n, c, lo, hi, seed=s, noise=noise, spread=spread)
+        km = KMeans(c, n_init=10, random_state=s).fit(x)
+        xc = (x - x.mean(axis=0, dtype=np.float64)).astype(np.float32)
+        tol = float(np.var(xc, axis=0, dtype=np.float64).mean()) * 1e-4
+        rs, best = np.random.RandomState(s), None
+        for _ in range(10):
+            init, _ = kmeans_plusplus(xc, c, random_state=rs)
+            labels, inertia, _, _ = _lloyd(xc, init.astype(np.float32), 300, tol)
+            if best is None or inertia < best[1]:
+                best = (labels, inertia)
+        diffs.append(nmi_score(y, best[0]) - nmi_score(y, km.labels_))
+        ours = [_assign(xc, xc[our_kmeans_plusplus(xc, c, np.random.default_rng([s, i]))])[0].sum(dtype=np.float64)
+                for i in range(draws)]
+        theirs = [_assign(xc, kmeans_plusplus(xc, c, random_state=1000 * s + i)[0])[0].sum(dtype=np.float64)
+                  for i in range(draws)]
+        pots.append((np.mean(ours), np.std(ours, ddof=1) / np.sqrt(draws),
+                     np.mean(theirs), np.std(theirs, ddof=1) / np.sqrt(draws)))
+    d = 100 * np.array(diffs)
+    return [f"- {name}, seeds {first_seed}-{first_seed + seeds - 1}, scikit-learn's own seeds in our Lloyd and "
+            f"best-of-10: NMI minus scikit-learn's per seed " + ", ".join(f"{v:+.2f}" for v in d),
+            f"- {name}, same seeds: potential of {draws} seedings, ours vs scikit-learn's kmeans_plusplus: "
+            + "; ".join(f"{a:.2f} (SE {b:.2f}) vs {c_:.2f} (SE {e:.2f})" for a, b, c_, e in pots)]
 
 
 def single_run_check(name, n, c, lo, hi, noise, spread, data_seed, runs) -> str:
