@@ -343,6 +343,8 @@ def main(argv=None) -> None:
     p.add_argument("--check-sets", nargs="+", default=None, help="--nmi-check: data sets (default all)")
     p.add_argument("--same-seeds", type=int, default=0,
                    help="--nmi-check: also run this many seeds with scikit-learn's own k-means++ seeds in ours")
+    p.add_argument("--other-stream", type=int, default=0,
+                   help="--nmi-check: also run scikit-learn with random_state 1000003 + s on this many seeds' data sets")
     p.add_argument("--single-runs", type=int, default=0,
                    help="--nmi-check: also compare this many single runs (n_init=1, redo=1) on the first seed's data")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -364,7 +366,7 @@ def main(argv=None) -> None:
              f"load average at start {os.getloadavg()[0]:.2f}.", ""]
     if args.nmi_check:
         rows = nmi_check(args.seeds, args.check_sets, args.quick, args.first_seed, args.single_runs,
-                         args.same_seeds)
+                         args.same_seeds, args.other_stream)
         text = "\n".join(lines + rows) + "\n"
         if args.out:
             with open(args.out, "w", encoding="utf-8") as f:
@@ -435,7 +437,7 @@ BEST_OF = (1, 2, 3, 5, 10)
 
 
 def nmi_check(seeds: int, sets=None, quick: bool = False, first_seed: int = 0, single_runs: int = 0,
-              same_seeds: int = 0) -> list:
+              same_seeds: int = 0, other_stream: int = 0) -> list:
     """Per seed s (data and both clusterings seeded by s): scikit-learn's NMI and ours, best of R."""
     from sklearn.cluster import KMeans
 
@@ -492,6 +494,9 @@ def nmi_check(seeds: int, sets=None, quick: bool = False, first_seed: int = 0, s
         if single_runs:
             summary.append(single_run_check(name, n, c, lo, hi, noise, spread, first_seed, single_runs))
             print(summary[-1], flush=True)
+        if other_stream:
+            summary.append(other_stream_check(name, n, c, lo, hi, noise, spread, first_seed, other_stream))
+            print(summary[-1], flush=True)
     return out + ["", f"Load average at end {os.getloadavg()[0]:.2f}.", ""] + summary
 
 
@@ -529,6 +534,30 @@ def same_seeds_check(name, n, c, lo, hi, noise, spread, first_seed, seeds, draws
             f"best-of-10: NMI minus scikit-learn's per seed " + ", ".join(f"{v:+.2f}" for v in d),
             f"- {name}, same seeds: potential of {draws} seedings, ours vs scikit-learn's kmeans_plusplus: "
             + "; ".join(f"{a:.2f} (SE {b:.2f}) vs {c_:.2f} (SE {e:.2f})" for a, b, c_, e in pots)]
+
+
+def other_stream_check(name, n, c, lo, hi, noise, spread, first_seed, seeds, offset=1_000_003) -> str:
+    """scikit-learn against itself: ``KMeans(n_init=10)`` with ``random_state`` ``offset + s``
+    on the data set of seed s (the one the main check clusters with ``random_state`` s). Its
+    NMI minus the main check's scikit-learn column is the gap two random streams of one
+    algorithm show on these seeds: the yardstick for ours minus scikit-learn. Prints one line
+    per seed (seed, NMI, inertia, seconds) and returns the mean."""
+    from sklearn.cluster import KMeans
+
+    from ibc_geo.evaluation import nmi_score
+
+    nmis, inertias = [], []
+    for s in range(first_seed, first_seed + seeds):
+        x, y = make_dataset(n, c, lo, hi, seed=s, noise=noise, spread=spread)
+        t0 = time.perf_counter()
+        km = KMeans(c, n_init=10, random_state=offset + s).fit(x)
+        nmis.append(nmi_score(y, km.labels_))
+        inertias.append(km.inertia_)
+        print(f"  {name} seed {s}: other stream NMI {100 * nmis[-1]:.2f}, inertia {km.inertia_:.2f}, "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
+    return (f"- {name}, seeds {first_seed}-{first_seed + seeds - 1}, scikit-learn with random_state {offset} + s: "
+            f"NMI {100 * np.mean(nmis):.2f} (SE {100 * np.std(nmis, ddof=1) / np.sqrt(seeds):.2f}), "
+            f"inertia {np.mean(inertias):.2f}")
 
 
 def single_run_check(name, n, c, lo, hi, noise, spread, data_seed, runs) -> str:
