@@ -257,6 +257,25 @@ def test_inshop_unknown_status_and_count(tmp_path):
         build_dataset(make_cfg("inshop", root), "test")
 
 
+def test_inshop_img_unpacked_beside_eval_reads_the_same_images(tmp_path):
+    import shutil
+
+    root = fixtures.make_inshop(str(tmp_path))
+    shipped = build_dataset(make_cfg("inshop", root), "test")
+    shipped_paths, first = list(shipped.paths), np.asarray(shipped[0][0])
+    shutil.move(os.path.join(root, "Img", "img"), os.path.join(root, "img"))  # img.zip unpacked at the top
+    os.rmdir(os.path.join(root, "Img"))
+    moved = build_dataset(make_cfg("inshop", root), "test")
+    assert [os.path.relpath(p, root) for p in moved.paths] == [
+        os.path.relpath(p, os.path.join(root, "Img")) for p in shipped_paths]
+    assert moved.class_ids == shipped.class_ids and (moved.labels == shipped.labels).all()
+    assert (moved.query_mask == shipped.query_mask).all()
+    assert np.array_equal(np.asarray(moved[0][0]), first)  # the same image loads
+    shutil.rmtree(os.path.join(root, "img"))
+    with pytest.raises(DatasetError, match="Img"):  # neither: the error names the shipped folder
+        build_dataset(make_cfg("inshop", root), "test")
+
+
 def test_malformed_row(tmp_path):
     root = fixtures.make_cub(str(tmp_path))
     with open(os.path.join(root, "image_class_labels.txt"), "a") as f:

@@ -1,6 +1,7 @@
 """In-Shop Clothes Retrieval read from ``Eval/list_eval_partition.txt`` (METHOD.md §3)."""
 from __future__ import annotations
 
+import os
 from typing import Dict
 
 import numpy as np
@@ -24,13 +25,14 @@ class InShop(DatasetFormat):
     In-shop Clothes Retrieval Benchmark/   <- data.root (the folder holding Eval/ and Img/)
       Eval/list_eval_partition.txt   line 1: image count; line 2: image_name item_id evaluation_status;
                                      then rows: img/WOMEN/Dresses/id_00000002/02_1_front.jpg id_00000002 train|query|gallery
-      Img/img/WOMEN/Dresses/id_00000002/02_1_front.jpg ...
+      Img/img/WOMEN/Dresses/id_00000002/02_1_front.jpg ...   (img.zip unpacked inside Img/, as shipped;
+                                                             img/ unpacked beside Eval/ works too)
     """
     expected = {"train": (25882, 3997), "test": (26830, 3985), "query": (14218, None), "gallery": (12612, None)}
 
     def read(self) -> Dict[str, Split]:
         path = self.require_file("Eval", "list_eval_partition.txt")
-        img = self.require_dir("Img")
+        img = self.image_base()
         with open(path, encoding="utf-8") as f:
             count_line, header = f.readline().strip(), f.readline().split()
         try:
@@ -62,3 +64,11 @@ class InShop(DatasetFormat):
         )
         check_disjoint(train.classes, test.classes, f"{path}: train vs query/gallery items")
         return self.probe({"train": train, "test": test})
+
+    def image_base(self) -> str:
+        """The folder the partition's ``img/...`` names are relative to: ``Img/`` (the shipped
+        ``Img/img.zip`` unpacked where it lies, as the official code expects) or, when ``img.zip``
+        was unpacked at the top, ``data.root`` itself (``img/`` beside ``Eval/``)."""
+        if not os.path.isdir(self.path("Img")) and os.path.isdir(self.path("img")):
+            return self.root
+        return self.require_dir("Img")
