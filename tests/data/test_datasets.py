@@ -218,6 +218,24 @@ def test_root_one_level_off(tmp_path):
         build_dataset(make_cfg("sop", root), "train")
 
 
+@pytest.mark.parametrize("name", ["cub", "sop", "inshop", "cars"])
+def test_a_root_one_level_up_or_down_is_named_in_the_error(tmp_path, name):
+    root = MAKERS[name](str(tmp_path / "data"))  # <tmp>/data/<the dataset's folder>
+    parent = os.path.dirname(root)
+    with pytest.raises(DatasetError) as e:  # the folder above the dataset
+        build_dataset(make_cfg(name, parent), "train")
+    assert f"did you mean data.root {root}?" in str(e.value)
+    os.makedirs(os.path.join(root, "extra"))  # the dataset's own folder: nothing to suggest
+    inner = os.path.join(root, "extra")
+    with pytest.raises(DatasetError) as e:  # one level too deep
+        build_dataset(make_cfg(name, inner), "train")
+    assert f"did you mean data.root {root}?" in str(e.value)
+    shutil.copytree(root, os.path.join(parent, "copy"))  # two candidates below: no guess
+    with pytest.raises(DatasetError) as e:
+        build_dataset(make_cfg(name, parent), "train")
+    assert "not found" in str(e.value) and "did you mean" not in str(e.value)
+
+
 def test_duplicate_image_ids(tmp_path):
     root = fixtures.make_cub(str(tmp_path))
     path = os.path.join(root, "images.txt")
