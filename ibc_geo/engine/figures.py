@@ -3,8 +3,7 @@
 :func:`batch_figure` draws, side by side, the cosine similarity of the backbone embeddings and of
 the MPN output, and each MPN layer's attention, nodes sorted by class with the class boundaries
 drawn and the classes as ticks, each panel on a fixed colour scale (the same at every epoch) with
-its colour bar, the epoch in the title. :func:`attention_baselines` gives what uniform attention
-would score, to print next to the learned statistics.
+its colour bar, the epoch in the title.
 """
 from __future__ import annotations
 
@@ -13,18 +12,6 @@ from typing import List, Optional, Sequence
 import torch
 
 from ibc_geo.engine.visualize import class_order
-
-
-def attention_baselines(edge_index: torch.Tensor, labels: torch.Tensor, num_nodes: int) -> dict:
-    r"""Uniform attention's statistics on this graph, means over nodes with incoming edges:
-    ``entropy`` :math:`\ln |\mathcal{N}(i)|` and ``same_class`` the share of same-class sources in
-    :math:`\mathcal{N}(i)`."""
-    src, dst = edge_index.cpu()
-    labels = labels.cpu()
-    degree = torch.bincount(dst, minlength=num_nodes).double()
-    same = torch.bincount(dst, weights=(labels[src] == labels[dst]).double(), minlength=num_nodes)
-    has = degree > 0
-    return {"entropy": float(degree[has].log().mean()), "same_class": float((same[has] / degree[has]).mean())}
 
 
 def _boundaries(ax, sorted_labels: Sequence[int], class_names: Optional[Sequence[str]],
@@ -91,4 +78,4 @@ def figure_to_array(fig) -> "object":
     return rgb
 
 
-__all__ = ["attention_baselines", "batch_figure", "figure_to_array"]
+__all__ = ["batch_figure", "figure_to_array"]

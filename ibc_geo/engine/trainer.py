@@ -25,7 +25,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ibc_geo.config import config_to_dict, save_config
 from ibc_geo.data import build_dataset, build_eval_loader, build_train_loader, build_transforms
 from ibc_geo.engine import visualize
-from ibc_geo.engine.figures import attention_baselines, batch_figure
+from ibc_geo.engine.figures import batch_figure
 from ibc_geo.engine.retrieval_grid import draw_retrieval_grid
 from ibc_geo.engine.checkpoint import (
     RUNTIME_KEYS,
@@ -39,7 +39,7 @@ from ibc_geo.engine.evaluator import amp_dtype, evaluate_model
 from ibc_geo.engine.writers import RunWriters
 from ibc_geo.evaluation import extract_embeddings, is_fraction_metric
 from ibc_geo.modeling import IntraBatchLoss, IntraBatchModel
-from ibc_geo.nn.analysis import attention_entropy, attention_mass, same_class_attention_share
+from ibc_geo.nn.analysis import attention_statistics
 from ibc_geo.utils.errors import DivergedError, UserError
 from ibc_geo.utils.distributed import barrier, init_from_env, local_device, synchronize_batchnorm
 from ibc_geo.utils.run_dir import RunDir
@@ -378,14 +378,15 @@ class Trainer:
         names = [str(test_set.class_ids[c]) for c in test_set.labels[items]]
         writer.embedding(emb, names, thumbs, self.global_step, "test_embeddings")
 
-    def _log_batch_pictures(self, writer: RunWriters, epoch: int) -> None:
+    def _log_batch_pictures(self, writer: RunWriters, epoch: int) -> Optional[list]:
         """The fixed batch's figure (similarities before / after the MPN, each layer's attention) and
-        per layer the attention entropy and same-class share next to uniform attention's values."""
-        if self.model.mpn is None or not writer.enabled:
-            return
+        per layer the attention entropy, same-class share and within-row logit std next to uniform
+        attention's values; returns those statistics, one dict per layer (``None`` without an MPN)."""
+        if self.model.mpn is None or not writer.enabled:  # rank 0 only
+            return None
         fixed = self._fixed_batch()
         if fixed is None:
-            return
+            return None
         images, labels = fixed[0].to(self.device), fixed[1].to(self.device)
         was_training = self.model.training
         self.model.eval()
@@ -393,20 +394,17 @@ class Trainer:
             out = self.model(images, labels, return_attention_weights=True)
         self.model.train(was_training)
         n = len(labels)
-        dense = []
+        dense, stats = [], []
         for layer, (edge_index, alpha) in enumerate(out.attention):
             dense.append(visualize.dense_attention(edge_index, alpha, n))
-            uniform = attention_baselines(edge_index, labels, n)
-            step = self.global_step
-            writer.scalar(f"attention/entropy_layer{layer}", float(attention_entropy(edge_index, alpha, n).mean()), step)
-            writer.scalar(f"attention/entropy_layer{layer}_uniform", uniform["entropy"], step)
-            writer.scalar(f"attention/same_class_layer{layer}",
-                          float(same_class_attention_share(edge_index, alpha, labels).mean()), step)
-            writer.scalar(f"attention/same_class_layer{layer}_uniform", uniform["same_class"], step)
-            writer.scalar(f"attention/mass_on_nodes_layer{layer}", float(attention_mass(edge_index, alpha, n).mean()), step)
-        figure = batch_figure(labels, visualize.cosine_matrix(out.embeddings), visualize.cosine_matrix(out.mpn_embeddings),
-                              dense, epoch, self.cfg.eval.selection)
+            stats.append(attention_statistics(edge_index, alpha, labels, n))
+            for name, value in stats[-1].items():  # attention/entropy_layer0, attention/entropy_layer0_uniform
+                base, uniform = (name[:-8], "_uniform") if name.endswith("_uniform") else (name, "")
+                writer.scalar(f"attention/{base}_layer{layer}{uniform}", value, self.global_step)
+        figure = batch_figure(labels, visualize.cosine_matrix(out.embeddings),
+                              visualize.cosine_matrix(out.mpn_embeddings), dense, epoch, self.cfg.eval.selection)
         writer.figure("graph/batch", figure, self.global_step)
+        return stats
 
     def _evaluate(self, epoch: int, writer: RunWriters) -> dict:
         cfg = self.cfg
@@ -415,13 +413,17 @@ class Trainer:
         for key, value in metrics.items():
             if is_fraction_metric(key):  # per evaluation; the final test metrics go to test/ once
                 writer.scalar(f"selection_{split}/{key}", value, self.global_step)
-        self._log_batch_pictures(writer, epoch)
+        attention = self._log_batch_pictures(writer, epoch)
         self._log_retrieval_picture(writer, epoch)
         self.history.append({"epoch": epoch, **metrics})
+        if attention is not None:
+            self.history[-1]["attention"] = attention
         value = metrics[cfg.eval.metric]
         value = -math.inf if math.isnan(value) else value  # e.g. MAP@R when no query has a positive
         if self.best is None or value > self.best["value"]:
             self.best = {"epoch": epoch, "value": value, "metrics": metrics}
+            if attention is not None:
+                self.best["attention"] = attention
             self._save(self.run_dir.best)
         return metrics
 
@@ -549,6 +551,9 @@ class Trainer:
                 "history": self.history,
             },
         }
+        if self.best is not None and "attention" in self.best:
+            # The selected model's attention on the fixed selection batch, per layer (nn.analysis).
+            result["attention"] = self.best["attention"]
         writer.metrics(result)
         writer.hparams(
             _hparams(cfg, self.model.topology),

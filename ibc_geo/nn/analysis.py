@@ -62,6 +62,33 @@ def attention_entropy(edge_index: Tensor, alpha: Tensor, num_nodes: int) -> Tens
     return ent.mean(dim=-1)
 
 
+def attention_logit_std(edge_index: Tensor, alpha: Tensor, num_nodes: int) -> Tensor:
+    r"""Within-row standard deviation of the attention logits, mean over heads: how far the
+    softmax is from flat (the saddle of docs/METHOD.md §6 has it near 0).
+
+    .. math::
+        \sigma_i = \frac{1}{H} \sum_{h=1}^{H} \sqrt{\frac{1}{|\mathcal{N}(i)|}
+            \sum_{j \in \mathcal{N}(i)} \big(s_{ij}^{(h)} - \bar s_i^{(h)}\big)^2}
+
+    read back from the coefficients: for the plain softmax and for the sink alike,
+    :math:`\log \alpha_{ij} = s_{ij} - c_i` with :math:`c_i` the same for every edge of node
+    :math:`i` (the log of its denominator), so the spread of :math:`\log \alpha_{ij}` over a row
+    is exactly that of the logits :math:`s_{ij}`. A coefficient that underflowed to 0 counts as
+    :math:`\log 10^{-30}`, so a row with logit spreads beyond about 60 is under-reported
+    (population std, ``1 / |N(i)|``; 0 for a node with one or no incoming edge).
+
+    Shapes:
+        - **input:** :math:`(2, E)`, :math:`(E, H)` or :math:`(E,)`
+        - **output:** :math:`(N,)`
+    """
+    dst = edge_index[1]
+    logit = _per_head(alpha).double().clamp_min(1e-30).log()
+    count = scatter(logit.new_ones(dst.numel()), dst, dim=0, dim_size=num_nodes, reduce="sum").clamp_min(1.0)
+    mean = scatter(logit, dst, dim=0, dim_size=num_nodes, reduce="sum") / count.unsqueeze(-1)
+    var = scatter((logit - mean.index_select(0, dst)) ** 2, dst, dim=0, dim_size=num_nodes, reduce="sum")
+    return (var / count.unsqueeze(-1)).sqrt().mean(dim=-1).to(alpha.dtype)
+
+
 def same_class_attention_share(edge_index: Tensor, alpha: Tensor, y: Tensor) -> Tensor:
     r"""Share of each node's attention over nodes that goes to sources of its own class, mean over heads.
 
@@ -83,3 +110,28 @@ def same_class_attention_share(edge_index: Tensor, alpha: Tensor, y: Tensor) -> 
     same = (y[src] == y[dst]).to(alpha.dtype).unsqueeze(-1)
     share = scatter(alpha * same, dst, dim=0, dim_size=y.numel(), reduce="sum")
     return share.mean(dim=-1)
+
+
+def attention_statistics(edge_index: Tensor, alpha: Tensor, y: Tensor, num_nodes: int) -> dict:
+    r"""One layer's attention on one labelled graph, means over the nodes with incoming edges, next
+    to what uniform attention over the same edges scores: ``entropy`` (nats) and
+    ``entropy_uniform`` (:math:`\ln |\mathcal{N}(i)|`), ``same_class`` and ``same_class_uniform``
+    (chance: the same-class fraction of :math:`\mathcal{N}(i)`), ``logit_std``
+    (:func:`attention_logit_std`; 0 for uniform) and ``mass_on_nodes`` (:func:`attention_mass`;
+    below 1 with the sink). Plain floats, for logs and ``metrics.json``."""
+    src, dst = edge_index[0], edge_index[1]
+    degree = scatter(alpha.new_ones(dst.numel()).double(), dst, dim=0, dim_size=num_nodes, reduce="sum")
+    same = scatter((y[src] == y[dst]).double(), dst, dim=0, dim_size=num_nodes, reduce="sum")
+    has = degree > 0
+
+    def mean(per_node: Tensor) -> float:
+        return float(per_node.double()[has].mean())
+
+    return {
+        "entropy": mean(attention_entropy(edge_index, alpha, num_nodes)),
+        "entropy_uniform": float(degree[has].log().mean()),
+        "same_class": mean(same_class_attention_share(edge_index, alpha, y)),
+        "same_class_uniform": float((same[has] / degree[has]).mean()),
+        "logit_std": mean(attention_logit_std(edge_index, alpha, num_nodes)),
+        "mass_on_nodes": mean(attention_mass(edge_index, alpha, num_nodes)),
+    }
