@@ -196,6 +196,13 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.mpn.num_heads < 1 or cfg.model.embedding_dim % cfg.mpn.num_heads:
         fail("mpn.num_heads", cfg.mpn.num_heads,
              f"must divide model.embedding_dim = {cfg.model.embedding_dim}")
+    for key in ("mpn.input_scale", "mpn.attention_scale_init"):
+        if not OmegaConf.select(cfg, key) > 0:
+            fail(key, OmegaConf.select(cfg, key), "must be a finite number > 0")
+    if cfg.mpn.attention_scale_init > 100:
+        fail("mpn.attention_scale_init", cfg.mpn.attention_scale_init, "must be at most 100 (the cosine scale's clamp)")
+    if cfg.mpn.input_scale != 1.0 and not cfg.mpn.input_norm:
+        fail("mpn.input_scale", cfg.mpn.input_scale, "scales the normalised input: needs mpn.input_norm true")
     if cfg.mpn.num_layers < 1:
         fail("mpn.num_layers", cfg.mpn.num_layers, "must be >= 1 (use graph.topology none for no MPN)")
     for key in ("mpn.dropout", "data.random_erasing", "loss.label_smoothing"):

@@ -16,6 +16,8 @@ CHOICES = {
     "model.pooling": ["max", "avg"],
     "graph.similarity": ["correlation", "cosine"],
     "mpn.attention_path": ["auto", "dense", "sparse"],
+    "mpn.attention_logits": ["dot", "cosine"],
+    "mpn.attention_qk_init": ["independent", "shared"],
     "train.amp_dtype": ["bfloat16", "float16"],
     "eval.selection": ["val", "test"],
     "data.on_corrupt": ["skip", "error"],
@@ -76,6 +78,12 @@ class MPNConfig:
     input_proj: bool = True  # Linear(d, d) before the first layer, PyTorch's default init (official dim_red)
     attention_sink: bool = True  # softmax with a zero logit in the denominator: exp(s)/(1 + sum exp(s)) (official)
     concat_layers: bool = False  # the MPN head sees all L layers' outputs concatenated, L*d (official Cars: cat 1)
+    # Beyond the paper (README "Attention that attends"): ways out of the uniform-attention saddle.
+    attention_logits: str = "dot"  # dot: <q,k>/sqrt(d/H) (paper) | cosine: tau_h * cos(q,k), tau_h learnable (Swin V2)
+    attention_scale_init: float = 10.0  # initial tau_h of cosine logits, in (0, 100] (Swin V2: 10); cosine only
+    attention_qk_init: str = "independent"  # independent (paper) | shared: W_k starts as a copy of W_q
+    input_scale: float = 1.0  # the normalised input is multiplied by this (sqrt(d): a LayerNorm output's norm)
+
 
 
 @dataclass

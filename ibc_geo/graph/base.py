@@ -42,6 +42,35 @@ from ibc_geo.graph.similarity import SIMILARITIES, pairwise_similarity
 
 T = TypeVar("T", bound=type)
 
+#: The MPN keys beyond the paper (``mpn.*`` in ``ibc_geo/config/schema.py``): a topology without
+#: message passing has no attention for them to change, so it refuses any value but the default.
+MPN_VARIANT_KEYS = ("mpn.attention_logits", "mpn.attention_scale_init", "mpn.attention_qk_init",
+                    "mpn.input_scale")
+
+
+def _select(cfg: Any, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part, None)
+        if node is None:
+            return None
+    return node
+
+
+def _schema_default(cfg: Any, key: str) -> Any:
+    """The default of ``key`` in the dataclass behind a structured OmegaConf ``cfg``, or ``None``."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    section, name = key.rsplit(".", 1)
+    node = OmegaConf.select(cfg, section) if OmegaConf.is_config(cfg) else None
+    schema = OmegaConf.get_type(node) if node is not None else None
+    if schema is None or not dataclasses.is_dataclass(schema):
+        return None
+    field = {f.name: f for f in dataclasses.fields(schema)}.get(name)
+    return None if field is None else field.default
+
 
 def register_topology(name: str) -> Callable[[T], T]:
     """Register a :class:`Topology` subclass in ``TOPOLOGIES`` under ``name`` and set ``cls.name``."""
@@ -107,8 +136,18 @@ class Topology(BaseTransform):
     @classmethod
     def check_config(cls, cfg: Any) -> List[Tuple[str, Any, str]]:
         """``[(key, value, what is allowed), ...]`` for the keys of ``uses`` whose value cannot work
-        with this config (empty when all is well). ``graph.k`` must be in ``[1, batch size)``."""
+        with this config (empty when all is well). ``graph.k`` must be in ``[1, batch size)``; a
+        topology without message passing refuses the MPN variant keys (:data:`MPN_VARIANT_KEYS`) away
+        from their defaults."""
         problems = []
+        if not cls.message_passing:
+            for key in MPN_VARIANT_KEYS:
+                default = _schema_default(cfg, key)
+                value = _select(cfg, key)
+                if default is not None and value is not None and value != default:
+                    problems.append((key, value, f"has no effect for topology {cls.name!r}, which does no "
+                                                 f"message passing; leave it at {default!r} or pick a topology "
+                                                 f"with message passing"))
         if "graph.k" in cls.uses:
             batch = cfg.sampler.classes_per_batch * cfg.sampler.samples_per_class
             if not 1 <= cfg.graph.k < batch:

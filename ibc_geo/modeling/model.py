@@ -34,12 +34,16 @@ class ModelOutput:
 
 def build_mpn_from_config(cfg, num_classes: int) -> MessagePassingNetwork:
     """The MPN of ``cfg.model.embedding_dim`` and ``cfg.mpn`` (the official recipe by default:
-    normalised input, input projection, attention sink; ``mpn.concat_layers`` for Cars)."""
+    normalised input, input projection, attention sink; ``mpn.concat_layers`` for Cars; the
+    variants beyond the paper: ``mpn.attention_logits``, ``mpn.attention_scale_init``,
+    ``mpn.attention_qk_init``, ``mpn.input_scale``)."""
     m = cfg.mpn
     return MessagePassingNetwork(cfg.model.embedding_dim, num_classes, num_layers=m.num_layers,
                                  heads=m.num_heads, dropout=m.dropout, attention_path=m.attention_path,
                                  sink=m.attention_sink, input_norm=m.input_norm, input_proj=m.input_proj,
-                                 concat_layers=m.concat_layers)
+                                 concat_layers=m.concat_layers, input_scale=m.input_scale,
+                                 logits=m.attention_logits, scale_init=m.attention_scale_init,
+                                 shared_qk_init=m.attention_qk_init == "shared")
 
 
 class IntraBatchModel(nn.Module):

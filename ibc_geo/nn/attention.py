@@ -42,6 +42,8 @@ from torch_geometric.utils import softmax
 from ibc_geo.nn.dense_attention import dense_attention, dense_plan, sink_softmax
 
 PATHS = ("auto", "dense", "sparse")
+#: How the attention logits are computed: the scaled dot product (the paper's) or Swin V2's cosine.
+LOGITS = ("dot", "cosine")
 
 
 class IntraBatchAttention(MessagePassing):
@@ -64,6 +66,20 @@ class IntraBatchAttention(MessagePassing):
     edges receives the zero message, so its output is :math:`b_o`. Xavier-uniform weights, zero
     biases.
 
+    With ``logits="cosine"`` (Swin Transformer V2) the logit is a cosine times a learnable per-head
+    scale instead, bounded in :math:`[-\tau_h, \tau_h]` whatever the input's norm:
+
+    .. math::
+        s_{ij}^{(h)} = \tau_h \cos\big(\mathbf{W}_q^{(h)} x_i, \mathbf{W}_k^{(h)} x_j\big), \qquad
+        \tau_h = \exp\big(\min(\theta_h, \ln \tau_{max})\big), \quad
+        \theta_h^{(0)} = \ln(\text{scale\_init})
+
+    (:math:`\tau_{max}` = :attr:`MAX_SCALE` = 100, Swin V2's clamp). With ``shared_qk_init`` the key
+    projection starts as a copy of the query projection, so that
+    :math:`s_{ij} \propto x_i^\top \mathbf{W}_q^\top \mathbf{W}_q x_j`, which for a random
+    :math:`\mathbf{W}_q` is close to a multiple of :math:`\langle x_i, x_j \rangle`: the attention
+    starts out preferring similar nodes instead of random ones (the two then train apart).
+
     Args:
         channels (int): Node feature size :math:`d` (input and output).
         heads (int, optional): Number of heads :math:`H`; must divide ``channels``.
@@ -75,6 +91,13 @@ class IntraBatchAttention(MessagePassing):
         sink (bool, optional): Add a zero logit to every node's softmax denominator (the
             official code; :func:`sink_softmax`). The dense path realises it as one extra
             all-zero key and value. (default: ``False``)
+        logits (str, optional): ``"dot"`` (:math:`\langle q, k \rangle / \sqrt{d/H}`) or
+            ``"cosine"`` (:math:`\tau_h \cos(q, k)`, a learnable per-head scale).
+            (default: ``"dot"``)
+        scale_init (float, optional): Initial :math:`\tau_h` of the cosine logits, in
+            :math:`(0, 100]`; only with ``logits="cosine"``. (default: ``10.0``, Swin V2's)
+        shared_qk_init (bool, optional): Initialise the key projection as a copy of the query
+            projection. (default: ``False``)
         **kwargs (optional): Additional arguments of
             :class:`torch_geometric.nn.conv.MessagePassing` (``aggr`` stays ``"add"``).
 
@@ -97,9 +120,12 @@ class IntraBatchAttention(MessagePassing):
     #: stays bounded (B = 4096, H = 8, training: 3.2 GB -> 1.7 GB peak RSS, benchmarks/RESULTS_mpn.md)
     #: for one extra attention forward in backward.
     DENSE_CHUNK_BYTES: int = 128 * 2**20
+    #: Upper bound of the cosine logits' learnable scale :math:`\tau_h` (Swin V2: 100).
+    MAX_SCALE: float = 100.0
 
     def __init__(self, channels: int, heads: int = 1, dropout: float = 0.1,
-                 attention_path: str = "auto", sink: bool = False, **kwargs) -> None:
+                 attention_path: str = "auto", sink: bool = False, logits: str = "dot",
+                 scale_init: float = 10.0, shared_qk_init: bool = False, **kwargs) -> None:
         kwargs.setdefault("aggr", "add")
         super().__init__(node_dim=0, **kwargs)
         if heads < 1 or channels % heads:
@@ -108,11 +134,22 @@ class IntraBatchAttention(MessagePassing):
             raise ValueError(f"attention_path must be one of {', '.join(PATHS)}, got {attention_path!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if logits not in LOGITS:
+            raise ValueError(f"logits must be one of {', '.join(LOGITS)}, got {logits!r}")
+        if not (math.isfinite(scale_init) and 0.0 < scale_init <= self.MAX_SCALE):
+            raise ValueError(f"scale_init must be in (0, {self.MAX_SCALE:g}], got {scale_init}")
         self.channels = channels
         self.heads = heads
         self.dropout = dropout
         self.attention_path = attention_path
         self.sink = bool(sink)
+        self.logits = logits
+        self.scale_init = float(scale_init)
+        self.shared_qk_init = bool(shared_qk_init)
+        # theta_h = ln tau_h of the cosine logits; no parameter at all for "dot" (state dicts unchanged).
+        self.log_scale: Optional[torch.nn.Parameter] = (
+            torch.nn.Parameter(torch.empty(heads)) if logits == "cosine" else None)
+        self.log_scale_max = math.log(self.MAX_SCALE)
         self.lin_query = torch.nn.Linear(channels, channels)
         self.lin_key = torch.nn.Linear(channels, channels)
         self.lin_value = torch.nn.Linear(channels, channels)
@@ -129,6 +166,18 @@ class IntraBatchAttention(MessagePassing):
         for lin in (self.lin_query, self.lin_key, self.lin_value, self.lin_out):
             torch.nn.init.xavier_uniform_(lin.weight)
             torch.nn.init.zeros_(lin.bias)
+        if self.shared_qk_init:
+            with torch.no_grad():
+                self.lin_key.weight.copy_(self.lin_query.weight)
+        if self.log_scale is not None:
+            torch.nn.init.constant_(self.log_scale, math.log(self.scale_init))
+
+    def scale(self) -> Optional[Tensor]:
+        r"""The per-head scale :math:`\tau_h` of the cosine logits, shape :math:`(H,)`; ``None`` for
+        dot-product logits."""
+        if self.log_scale is None:
+            return None
+        return self.log_scale.clamp(max=self.log_scale_max).exp()
 
     def dense_plan(self, edge_index: Tensor, num_nodes: int) -> Tuple[bool, Optional[Tensor]]:
         r"""``(use_dense, mask)`` for this layer's ``attention_path``
@@ -154,12 +203,19 @@ class IntraBatchAttention(MessagePassing):
         key = self.lin_key(x).view(N, H, C)
         value = self.lin_value(x).view(N, H, C)
         need_alpha = return_attention_weights is not None and bool(return_attention_weights)
+        # Logit scale: None = the dot product's 1 / sqrt(d/H); cosine logits carry tau_h in the query.
+        score_scale: Optional[float] = None
+        tau = self.scale()
+        if tau is not None:
+            query = F.normalize(query, dim=-1) * tau.view(1, H, 1)
+            key = F.normalize(key, dim=-1)
+            score_scale = 1.0
 
         use_dense, mask = self.dense_plan(edge_index, N)
         if use_dense:
             p = self.dropout if self.training else 0.0
             out, alpha = dense_attention(query, key, value, mask, edge_index, need_alpha, self.sink, p,
-                                         self.dense_chunk_bytes)
+                                         self.dense_chunk_bytes, score_scale)
         else:
             out = self.propagate(edge_index, query=query, key=key, value=value, size=(N, N))
             alpha = self._alpha
@@ -172,7 +228,10 @@ class IntraBatchAttention(MessagePassing):
 
     def message(self, query_i: Tensor, key_j: Tensor, value_j: Tensor, index: Tensor,
                 ptr: Optional[Tensor], size_i: Optional[int]) -> Tensor:
-        alpha = (query_i * key_j).sum(dim=-1) / math.sqrt(query_i.size(-1))
+        if self.logits == "dot":
+            alpha = (query_i * key_j).sum(dim=-1) / math.sqrt(query_i.size(-1))
+        else:  # cosine: the query already carries tau_h
+            alpha = (query_i * key_j).sum(dim=-1)
         if self.sink:
             alpha = sink_softmax(alpha, index, size_i)
         else:
@@ -183,4 +242,5 @@ class IntraBatchAttention(MessagePassing):
 
     def __repr__(self) -> str:
         sink = ", sink=True" if self.sink else ""
-        return f"{self.__class__.__name__}({self.channels}, heads={self.heads}{sink})"
+        logits = f", logits={self.logits!r}" if self.logits != "dot" else ""
+        return f"{self.__class__.__name__}({self.channels}, heads={self.heads}{sink}{logits})"

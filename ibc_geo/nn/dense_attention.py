@@ -83,13 +83,14 @@ def dense_plan(edge_index: Tensor, num_nodes: int, path: str, min_density: float
     return True, mask.view(N, N)
 
 
-def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], p: float) -> Tensor:
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], p: float,
+          scale: Optional[float] = None) -> Tensor:
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=scale)
 
 
 @torch.jit.unused
 def sdpa_by_heads(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], p: float, chunk_bytes: int,
-                  use_checkpoint: Optional[bool] = None) -> Tensor:
+                  use_checkpoint: Optional[bool] = None, scale: Optional[float] = None) -> Tensor:
     """SDPA over chunks of heads of at most ``chunk_bytes`` of scores each; with gradients, each
     chunk is checkpointed (recomputed in backward with the same dropout)."""
     per_head = q.size(2) * k.size(2) * q.element_size()
@@ -100,21 +101,23 @@ def sdpa_by_heads(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], p: fl
     for h in range(0, q.size(1), step):
         chunk = (q[:, h:h + step], k[:, h:h + step], v[:, h:h + step])
         if use_checkpoint:
-            outs.append(checkpoint(_sdpa, *chunk, mask, p, use_reentrant=False))
+            outs.append(checkpoint(_sdpa, *chunk, mask, p, scale, use_reentrant=False))
         else:
-            outs.append(_sdpa(*chunk, mask, p))
+            outs.append(_sdpa(*chunk, mask, p, scale))
     return torch.cat(outs, dim=1)
 
 
 def dense_attention(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor],
                     edge_index: Tensor, need_alpha: bool, sink: bool, p: float,
-                    chunk_bytes: int) -> Tuple[Tensor, Optional[Tensor]]:
+                    chunk_bytes: int, scale: Optional[float] = None) -> Tuple[Tensor, Optional[Tensor]]:
     r"""Attention of every node over the keys its ``mask`` row allows (all keys when ``mask`` is
     ``None``), queries / keys / values of shape :math:`(N, H, C)`; returns the :math:`(N, H, C)`
     messages and, when ``need_alpha``, the pre-dropout coefficients per edge :math:`(E, H)` in
     ``edge_index`` order (by an explicit softmax, as SDPA does not return them). Dropout ``p``
     acts on the coefficients (pass 0 outside training). With ``sink``, one more key of logit 0
     and zero value is attended by every node. A node without keys (no sink) gets the zero message.
+    The logits are :math:`\langle q, k \rangle` times ``scale`` (``None``: SDPA's default
+    :math:`1 / \sqrt{C}`).
     """
     N = query.size(0)
     q = query.transpose(0, 1).unsqueeze(0)  # (1, H, N, C)
@@ -136,11 +139,14 @@ def dense_attention(query: Tensor, key: Tensor, value: Tensor, mask: Optional[Te
     if not need_alpha:
         big = q.size(1) * N * k.size(2) * q.element_size() > chunk_bytes
         if big and not torch.jit.is_scripting():
-            out = sdpa_by_heads(q, k, v, mask, p, chunk_bytes)
+            out = sdpa_by_heads(q, k, v, mask, p, chunk_bytes, scale=scale)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=scale)
     else:
-        score = (q @ k.transpose(-1, -2)) / math.sqrt(q.size(-1))
+        if scale is None:
+            score = (q @ k.transpose(-1, -2)) / math.sqrt(q.size(-1))
+        else:
+            score = (q @ k.transpose(-1, -2)) * scale
         if mask is not None:
             score = score.masked_fill(~mask, float("-inf"))
         attn = score.softmax(dim=-1)  # (1, H, N, N), or (1, H, N, N + 1) with the sink

@@ -34,6 +34,11 @@ class IntraBatchLayer(torch.nn.Module):
             :class:`IntraBatchAttention`. (default: ``"auto"``)
         sink (bool, optional): The attention's zero-logit sink (:class:`IntraBatchAttention`).
             (default: ``False``)
+        logits (str, optional): ``"dot"`` or ``"cosine"`` attention logits
+            (:class:`IntraBatchAttention`). (default: ``"dot"``)
+        scale_init (float, optional): Initial scale of cosine logits. (default: ``10.0``)
+        shared_qk_init (bool, optional): Key projection initialised as the query projection.
+            (default: ``False``)
 
     Shapes:
         - **input:** node features :math:`(N, d)`, edge indices :math:`(2, E)`
@@ -42,9 +47,11 @@ class IntraBatchLayer(torch.nn.Module):
     """
 
     def __init__(self, channels: int, heads: int = 1, dropout: float = 0.1,
-                 attention_path: str = "auto", sink: bool = False) -> None:
+                 attention_path: str = "auto", sink: bool = False, logits: str = "dot",
+                 scale_init: float = 10.0, shared_qk_init: bool = False) -> None:
         super().__init__()
-        self.attention = IntraBatchAttention(channels, heads, dropout, attention_path, sink=sink)
+        self.attention = IntraBatchAttention(channels, heads, dropout, attention_path, sink=sink, logits=logits,
+                                             scale_init=scale_init, shared_qk_init=shared_qk_init)
         self.dropout1 = torch.nn.Dropout(dropout)
         self.norm1 = torch.nn.LayerNorm(channels)
         self.lin1 = torch.nn.Linear(channels, 4 * channels)

@@ -1,6 +1,7 @@
 r"""The message passing network: ``L`` :class:`IntraBatchLayer` s, a BatchNorm neck and a classifier."""
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Tuple, Union
 
 import torch
@@ -14,12 +15,13 @@ class MessagePassingNetwork(torch.nn.Module):
     r"""Refines the batch embeddings with the batch graph, then classifies them (METHOD.md §1.3-1.4).
 
     .. math::
-        h^{(0)} = \mathbf{W}_{in} \frac{x}{\lVert x \rVert}, \qquad
+        h^{(0)} = \mathbf{W}_{in} \, \gamma \frac{x}{\lVert x \rVert}, \qquad
         h^{(l+1)} = \operatorname{IntraBatchLayer}_l(h^{(l)}, \mathcal{E}), \qquad
         z = \mathbf{W}_c \, \operatorname{BN}(u), \quad
         u = h^{(L)} \ \text{or} \ \big\Vert_{l=1}^{L} h^{(l)}
 
-    where the normalisation (``input_norm``), the input projection
+    where the normalisation (``input_norm``) and its scale :math:`\gamma` (``input_scale``;
+    :math:`\sqrt{d}` gives the input the norm of a LayerNorm output), the input projection
     :math:`\mathbf{W}_{in} : d \to d` (``input_proj``, PyTorch's default ``Linear`` init: the
     official ``dim_red``) and the concatenation of all layers' outputs (``concat_layers``,
     :math:`u \in \mathbb{R}^{L d}`) are each optional. The BatchNorm1d neck is Kaiming-initialised
@@ -38,9 +40,16 @@ class MessagePassingNetwork(torch.nn.Module):
             (default: ``"auto"``)
         sink (bool, optional): Zero-logit sink in every attention softmax. (default: ``False``)
         input_norm (bool, optional): L2-normalise the input embeddings. (default: ``False``)
+        input_scale (float, optional): Multiply the normalised input by :math:`\gamma > 0`; only
+            with ``input_norm``. (default: ``1.0``)
         input_proj (bool, optional): ``Linear(d, d)`` before the first layer. (default: ``False``)
         concat_layers (bool, optional): The neck and classifier see all layers' outputs
             concatenated (:math:`L d` features). (default: ``False``)
+        logits (str, optional): Attention logits of every layer, ``"dot"`` or ``"cosine"``
+            (:class:`~ibc_geo.nn.IntraBatchAttention`). (default: ``"dot"``)
+        scale_init (float, optional): Initial per-head scale of cosine logits. (default: ``10.0``)
+        shared_qk_init (bool, optional): Every layer's key projection starts as its query
+            projection. (default: ``False``)
 
     Shapes:
         - **input:** embeddings :math:`(B, d)`, edge indices :math:`(2, E)`
@@ -52,16 +61,24 @@ class MessagePassingNetwork(torch.nn.Module):
     def __init__(self, channels: int, num_classes: int, num_layers: int = 1, heads: int = 2,
                  dropout: float = 0.1, attention_path: str = "auto", sink: bool = False,
                  input_norm: bool = False, input_proj: bool = False,
-                 concat_layers: bool = False) -> None:
+                 concat_layers: bool = False, input_scale: float = 1.0, logits: str = "dot",
+                 scale_init: float = 10.0, shared_qk_init: bool = False) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if not (math.isfinite(input_scale) and input_scale > 0):
+            raise ValueError(f"input_scale must be a finite number > 0, got {input_scale}")
+        if input_scale != 1.0 and not input_norm:
+            raise ValueError("input_scale scales the normalised input; it needs input_norm=True")
         self.input_norm = bool(input_norm)
+        self.input_scale = float(input_scale)
         self.concat_layers = bool(concat_layers)
         self.input_proj: Optional[torch.nn.Linear] = (
             torch.nn.Linear(channels, channels) if input_proj else None)
         self.layers = torch.nn.ModuleList(
-            IntraBatchLayer(channels, heads, dropout, attention_path, sink=sink) for _ in range(num_layers))
+            IntraBatchLayer(channels, heads, dropout, attention_path, sink=sink, logits=logits,
+                            scale_init=scale_init, shared_qk_init=shared_qk_init)
+            for _ in range(num_layers))
         self.out_channels = channels * num_layers if concat_layers else channels
         self.neck = torch.nn.BatchNorm1d(self.out_channels)
         self.neck.bias.requires_grad_(False)
@@ -82,6 +99,8 @@ class MessagePassingNetwork(torch.nn.Module):
                 ) -> Union[Tuple[Tensor, Tensor], Tuple[Tensor, Tensor, List[Tuple[Tensor, Tensor]]]]:
         attention: List[Tuple[Tensor, Tensor]] = []
         h = F.normalize(x, dim=-1) if self.input_norm else x
+        if self.input_scale != 1.0:
+            h = h * self.input_scale
         if self.input_proj is not None:
             h = self.input_proj(h)
         outputs: List[Tensor] = []
