@@ -1,7 +1,7 @@
 """Ablation grids: which config keys to vary, over which values, and which keys matter only
 for some values of another key.
 
-A grid file (YAML, see ``configs/ablations/``) holds three sections::
+A grid file (YAML, see ``configs/ablations/``) holds these sections::
 
     grid:                     # config key -> list of values; points = cartesian product, in file order
       graph.topology: [none, self, random, knn, full, same_class]
@@ -9,6 +9,15 @@ A grid file (YAML, see ``configs/ablations/``) holds three sections::
     tie:                      # tied key -> {parent key: [parent values where the tied key is varied]}
       graph.k: {graph.topology: [knn, random]}
     seeds: [0, 1]             # optional default seeds; ``--seeds`` overrides; default: the config's seed
+    reference: {graph.topology: none}   # optional: the point every other is compared with, seed by seed
+
+or, instead of ``grid:`` and ``tie:``, an explicit list of points (for ablations that are not a
+product, e.g. variants of one topology, then the best variant on other topologies)::
+
+    points:
+      - {graph.topology: none}
+      - {graph.topology: full}
+      - {graph.topology: full, mpn.attention_logits: cosine}
 
 Rules:
 
@@ -22,6 +31,12 @@ Rules:
   ``full`` point into copies that differ only in a key ``full`` ignores. A tied key and its parents
   must all be grid keys, and the listed parent values must be among the parent's grid values.
   Ties may chain (a parent may itself be tied); cycles are rejected.
+- ``points:`` entries are mappings of leaf keys to scalar or list values, distinct, at least one
+  key each. A point's name is made from its own keys only, so adding points to the list later
+  keeps the names, and the finished runs, of the others.
+- ``reference:`` names one point by its key values (exactly as the point lists them). The report
+  then gives, for every other point and metric, the mean and std over the shared seeds of the
+  per-seed difference to the reference (seeds are paired: one seed, the same batches).
 - Keys known to have no effect under some value of another key (:func:`no_effect_rule`, e.g.
   ``graph.k`` under ``graph.topology full``) are checked per point once the configs are built
   (:func:`check_point_effect`): a point that varies such a key where it has no effect is rejected,
@@ -47,7 +62,7 @@ from omegaconf import OmegaConf
 from ibc_geo.config import ConfigError, default_config
 from ibc_geo.utils.registry import closest
 
-GRID_SECTIONS = ("grid", "tie", "seeds")
+GRID_SECTIONS = ("grid", "tie", "seeds", "points", "reference")
 
 # Keys the runner sets for every run, with what to use instead.
 RESERVED_KEYS = {
@@ -171,6 +186,8 @@ class Grid:
     ties: dict = field(default_factory=dict)  # tied key -> {parent key: [values]}
     seeds: list | None = None  # default seeds, or None (use the config's seed)
     source: str = "a grid"  # where it came from, for messages
+    explicit: list | None = None  # the 'points:' list (dicts), or None for the cartesian 'grid:'
+    reference: dict | None = None  # the 'reference:' point's key values, or None
 
     @property
     def keys(self) -> list[str]:
@@ -198,14 +215,23 @@ class Grid:
             is_active(key)
         return active
 
-    def points(self) -> list[GridPoint]:
-        """All distinct points, in cartesian-product order of the file's keys."""
-        labels = self.labels()
-        points, seen, names = [], set(), {}
+    def _combinations(self):
+        """The key values of each point, before de-duplication: the explicit list, or the product."""
+        if self.explicit is not None:
+            for entry in self.explicit:
+                yield tuple((k, entry[k]) for k in self.values if k in entry)
+            return
         for combo_values in itertools.product(*self.values.values()):
             combo = dict(zip(self.values, combo_values))
             active = self._active(combo)
-            values = tuple((k, v) for k, v in combo.items() if active[k])
+            yield tuple((k, v) for k, v in combo.items() if active[k])
+
+    def points(self) -> list[GridPoint]:
+        """All distinct points: the ``points:`` list in file order, or the cartesian product in the
+        order of the file's keys."""
+        labels = self.labels()
+        points, seen, names = [], set(), {}
+        for values in self._combinations():
             identity = _key_of([[k, v] for k, v in values])
             if identity in seen:
                 continue
@@ -219,6 +245,16 @@ class Grid:
             names[name] = identity
             points.append(GridPoint(values=values, name=name))
         return points
+
+    def reference_point(self) -> GridPoint | None:
+        """The point named by ``reference:``, or ``None`` without one."""
+        if self.reference is None:
+            return None
+        wanted = _key_of(sorted([k, v] for k, v in self.reference.items()))
+        for point in self.points():
+            if _key_of(sorted([k, v] for k, v in point.values)) == wanted:
+                return point
+        raise GridError(f"reference {self.reference!r} in {self.source} is not one of its points")
 
 
 def _check_values(key: str, values: Any, source: str) -> list:
@@ -274,6 +310,8 @@ def parse_grid(data: Any, source: str = "a grid") -> Grid:
             raise GridError(
                 f"unknown section {section!r} in {source}{did}; allowed: {', '.join(GRID_SECTIONS)}"
             )
+    if "points" in data:
+        return _parse_points(data, source)
     grid = data.get("grid")
     if not isinstance(grid, Mapping) or not grid:
         raise GridError(
@@ -328,7 +366,57 @@ def parse_grid(data: Any, source: str = "a grid") -> Grid:
     seeds = data.get("seeds")
     if seeds is not None:
         seeds = _check_seeds(seeds, source)
-    return Grid(values=values, ties=ties, seeds=seeds, source=source)
+    grid = Grid(values=values, ties=ties, seeds=seeds, source=source,
+                reference=_check_reference(data.get("reference"), source))
+    grid.reference_point()  # raises unless it names a point
+    return grid
+
+
+def _check_reference(reference: Any, source: str) -> dict | None:
+    if reference is None:
+        return None
+    if not isinstance(reference, Mapping) or not reference:
+        raise GridError(f"'reference:' in {source} must map config keys to the values of one point, "
+                        f"e.g. 'reference: {{graph.topology: none}}', got {reference!r}")
+    for key in reference:
+        _check_config_key(key, "reference key", source)
+    return dict(reference)
+
+
+def _parse_points(data: Mapping, source: str) -> Grid:
+    """The ``points:`` form of a grid file (see the module docstring)."""
+    for section in ("grid", "tie"):
+        if section in data:
+            raise GridError(f"{source} has both 'points:' and '{section}:'; a grid file is either a product "
+                            f"('grid:' with optional 'tie:') or a list of points ('points:')")
+    entries = data["points"]
+    if not isinstance(entries, list) or not entries:
+        raise GridError(f"'points:' in {source} must be a non-empty list of mappings, e.g. "
+                        f"'points: [{{graph.topology: none}}, {{graph.topology: full}}]', got {entries!r}")
+    values: dict = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, Mapping) or not entry:
+            raise GridError(f"point {i + 1} of {source} must be a non-empty mapping of config keys to values, "
+                            f"got {entry!r}")
+        for key, value in entry.items():
+            _check_config_key(key, f"key of point {i + 1}", source)
+            if isinstance(value, Mapping):
+                raise GridError(f"point {i + 1} of {source}: {key!r} must be a scalar or a list, got {value!r}")
+            known = values.setdefault(key, [])
+            if _key_of(value) not in {_key_of(v) for v in known}:
+                known.append(value)
+    identities = [_key_of(sorted([k, v] for k, v in entry.items())) for entry in entries]
+    for i, identity in enumerate(identities):
+        if identity in identities[:i]:
+            raise GridError(f"point {i + 1} of {source} repeats point {identities.index(identity) + 1}: "
+                            f"{dict(entries[i])!r}")
+    seeds = data.get("seeds")
+    if seeds is not None:
+        seeds = _check_seeds(seeds, source)
+    grid = Grid(values=values, seeds=seeds, source=source, explicit=[dict(e) for e in entries],
+                reference=_check_reference(data.get("reference"), source))
+    grid.reference_point()
+    return grid
 
 
 def load_grid(path: str | os.PathLike) -> Grid:

@@ -2,9 +2,16 @@
 
 Columns, from each run's ``metrics.json``: the selection metric at its best epoch
 (``selection.best_value``, the sort key), the final test Recall@K for every K, NMI (when computed),
-MAP@R, and the training time. ``results.csv`` holds fractions as written by the runs (full
+MAP@R, the training time and, for runs with an MPN, each layer's attention at the selected epoch
+(``metrics.json`` ``attention``: entropy and its uniform value, same-class share and its chance
+value, the within-row logit std). ``results.csv`` holds fractions as written by the runs (full
 precision, ``<column>_mean`` / ``<column>_std``); ``results.md`` holds percentages. The std is the
 sample standard deviation over seeds (n - 1 in the denominator), empty for a single seed.
+
+With a ``reference:`` point in the grid, both files also give, for every other point and column,
+the per-seed difference to the reference over the seeds both have (paired: one seed, the same
+batches): ``<column>_diff_mean`` / ``_diff_std`` / ``_diff_n`` in the CSV, a second table in the
+Markdown.
 TensorBoard hparams go to ``<output_dir>/hparams/<point>`` (rewritten on every call): the means,
 and the stds as ``..._std``, under the metric names the trainer gives each run's own hparams
 (``test_recall@1``, ``val_recall@1``), so ``tensorboard --logdir <output_dir>`` shows, under HPARAMS,
@@ -19,7 +26,7 @@ import math
 import os
 import shutil
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ibc_geo.ablation.grid import GridPoint
 from ibc_geo.ablation.plan import AblationError, AblationPlan
@@ -29,6 +36,10 @@ from ibc_geo.utils.run_dir import RunDir
 
 TIME_COLUMN = "train_time_s"
 SELECTION_PREFIX = "best_"
+ATTENTION_PREFIX = "attention/"
+#: Attention statistics of ``metrics.json`` that become columns, with their Markdown names.
+ATTENTION_STATS = {"same_class": "same-class", "same_class_uniform": "chance", "entropy": "entropy",
+                   "entropy_uniform": "uniform", "logit_std": "logit std"}
 
 
 def read_metrics(run_dir: str) -> dict:
@@ -55,6 +66,9 @@ def label(column: str) -> str:
     """Markdown header of a column id: ``test/recall@4`` -> ``R@4``, ``best_val/map@r`` -> ``val MAP@R (best)``."""
     if column == TIME_COLUMN:
         return "train time (s)"
+    if column.startswith(ATTENTION_PREFIX):
+        layer, stat = column[len(ATTENTION_PREFIX):].split("/", 1)
+        return f"{ATTENTION_STATS[stat]} {layer.replace('layer', 'L')}"
     prefix, metric = column.split("/", 1)
     k = _recall_k(metric)
     name = f"R@{k}" if k is not None else {"nmi": "NMI", "map@r": "MAP@R"}.get(metric, metric)
@@ -70,6 +84,12 @@ class PointSummary:
     point: GridPoint
     seeds: list
     values: dict  # column id -> [value per seed], or None where a seed lacks it
+    by_seed: dict = field(default_factory=dict)  # seed -> {column id: value}
+
+    def differences(self, reference: "PointSummary", column: str) -> list:
+        """This point minus ``reference`` in ``column``, one value per seed that both have (paired)."""
+        return [row[column] - reference.by_seed[seed][column] for seed, row in sorted(self.by_seed.items())
+                if column in row and column in reference.by_seed.get(seed, {})]
 
     def mean(self, column: str) -> float | None:
         vals = self.values.get(column)
@@ -89,7 +109,10 @@ def columns_of(summaries: list) -> list[str]:
     tests = [c for c in names if c.startswith("test/")]
     recalls = sorted((c for c in tests if _recall_k(c[5:]) is not None), key=lambda c: _recall_k(c[5:]))
     rest = [c for c in ("test/nmi", "test/map@r") if c in names]
-    return selection + recalls + rest + ([TIME_COLUMN] if TIME_COLUMN in names else [])
+    layers = sorted({c.split("/")[1] for c in names if c.startswith(ATTENTION_PREFIX)}, key=lambda l: int(l[5:]))
+    attention = [f"{ATTENTION_PREFIX}{layer}/{stat}" for layer in layers for stat in ATTENTION_STATS
+                 if f"{ATTENTION_PREFIX}{layer}/{stat}" in names]
+    return selection + recalls + rest + attention + ([TIME_COLUMN] if TIME_COLUMN in names else [])
 
 
 def selection_column(columns: list) -> str | None:
@@ -116,10 +139,15 @@ def summarize(plan: AblationPlan) -> list[PointSummary]:
             for key, value in m["test"].items():
                 if (_recall_k(key) is not None or key in ("nmi", "map@r")) and isinstance(value, (int, float)):
                     row[f"test/{key}"] = float(value)
+            for layer, stats in enumerate(m.get("attention") or []):
+                for stat in ATTENTION_STATS:
+                    if isinstance(stats.get(stat), (int, float)):
+                        row[f"{ATTENTION_PREFIX}layer{layer}/{stat}"] = float(stats[stat])
             per_run.append(row)
         columns = set().union(*per_run) if per_run else set()
         values = {c: ([row[c] for row in per_run] if all(c in row for row in per_run) else None) for c in columns}
-        summaries.append(PointSummary(point=point, seeds=[seed for seed, _ in runs], values=values))
+        summaries.append(PointSummary(point=point, seeds=[seed for seed, _ in runs], values=values,
+                                      by_seed={seed: row for (seed, _), row in zip(runs, per_run)}))
     if len(selection) > 1:
         raise AblationError(
             f"the runs of {plan.output_dir} select their checkpoints by different split/metric pairs "
@@ -149,26 +177,49 @@ def _grid_cells(plan: AblationPlan, summary: PointSummary, missing: str) -> list
     return [_value_text(values[k]) if k in values else missing for k in plan.grid.keys]
 
 
+def reference_of(plan: AblationPlan, summaries: list) -> PointSummary | None:
+    """The summary of the grid's ``reference:`` point, or ``None`` without one."""
+    point = plan.grid.reference_point()
+    return None if point is None else next(s for s in summaries if s.point.name == point.name)
+
+
+def paired(diffs: list) -> tuple:
+    """``(mean, std, n)`` of per-seed differences (std ``None`` below two seeds, all ``None`` for none)."""
+    if not diffs:
+        return None, None, 0
+    return statistics.fmean(diffs), (statistics.stdev(diffs) if len(diffs) > 1 else None), len(diffs)
+
+
 def to_csv(plan: AblationPlan, summaries: list) -> str:
     columns = columns_of(summaries)
+    reference = reference_of(plan, summaries)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     header = ["point"] + plan.grid.keys + ["n_seeds", "seeds"]
     for c in columns:
         header += [f"{c}_mean", f"{c}_std"]
+    if reference is not None:
+        header.append("reference")
+        for c in columns:
+            header += [f"{c}_diff_mean", f"{c}_diff_std", f"{c}_diff_n"]
     writer.writerow(header)
     for s in summaries:
         row = [s.point.name] + _grid_cells(plan, s, "") + [len(s.seeds), " ".join(map(str, s.seeds))]
         for c in columns:
             row += ["" if v is None else repr(v) for v in (s.mean(c), s.std(c))]
+        if reference is not None:
+            row.append(reference.point.name)
+            for c in columns:
+                mean, std, n = paired(s.differences(reference, c)) if s is not reference else (None, None, 0)
+                row += ["" if v is None else repr(v) for v in (mean, std)] + [n]
         writer.writerow(row)
     return out.getvalue()
 
 
-def _cell(mean: float | None, std: float | None, scale: float, digits: int) -> str:
+def _cell(mean: float | None, std: float | None, scale: float, digits: int, signed: bool = False) -> str:
     if mean is None:
         return "–"
-    text = f"{mean * scale:.{digits}f}"
+    text = f"{mean * scale:{'+' if signed else ''}.{digits}f}"
     return text if std is None else f"{text} ± {std * scale:.{digits}f}"
 
 
@@ -197,10 +248,46 @@ def to_markdown(plan: AblationPlan, summaries: list) -> str:
     for s in summaries:
         cells = _grid_cells(plan, s, "–") + [str(len(s.seeds))]
         for c in columns:
-            scale, digits = (1.0, 1) if c == TIME_COLUMN else (100.0, 1)
-            cells.append(_cell(s.mean(c), s.std(c), scale, digits))
+            cells.append(_cell(s.mean(c), s.std(c), *_format(c)))
         lines.append("| " + " | ".join(cells) + " |")
+    reference = reference_of(plan, summaries)
+    if reference is not None:
+        lines += _difference_table(plan, summaries, reference, columns, labels)
     return "\n".join(lines) + "\n"
+
+
+def _format(column: str) -> tuple:
+    """``(scale, digits)`` of a column in Markdown: percentages, seconds, attention as is."""
+    if column == TIME_COLUMN:
+        return 1.0, 1
+    if column.startswith(ATTENTION_PREFIX):
+        return 1.0, 4
+    return 100.0, 2
+
+
+def _difference_table(plan: AblationPlan, summaries: list, reference: PointSummary, columns: list,
+                      labels: dict) -> list:
+    """The Markdown lines of the paired differences to the reference point."""
+    columns = [c for c in columns if c != TIME_COLUMN]
+    lines = [
+        "",
+        f"Paired differences to the reference {reference.point.name} (this point minus the reference, "
+        f"seed by seed): mean ± std over the n seeds both have; metrics in points (%).",
+        "",
+        "| " + " | ".join([labels[k] for k in plan.grid.keys] + ["n"] + ["Δ " + label(c) for c in columns]) + " |",
+        "|" + "|".join([" --- "] * len(plan.grid.keys) + [" ---: "] * (1 + len(columns))) + "|",
+    ]
+    for s in summaries:
+        if s is reference:
+            continue
+        stats = {c: paired(s.differences(reference, c)) for c in columns}
+        n = max((v[2] for v in stats.values()), default=0)
+        cells = _grid_cells(plan, s, "–") + [str(n)]
+        for c in columns:
+            mean, std, _ = stats[c]
+            cells.append(_cell(mean, std, *_format(c), signed=True))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def _hparam_value(value):

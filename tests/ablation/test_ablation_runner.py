@@ -46,7 +46,7 @@ def test_two_points_two_seeds_make_four_runs_and_a_matching_table(tmp_path, base
             assert float(row[f"{column}_mean"]) == pytest.approx(statistics.mean(values), rel=1e-12, abs=1e-15)
             assert float(row[f"{column}_std"]) == pytest.approx(statistics.stdev(values), rel=1e-12, abs=1e-15)
         r1 = [r["test"]["recall@1"] for r in runs]
-        cell = f"{100 * statistics.mean(r1):.1f} ± {100 * statistics.stdev(r1):.1f}"
+        cell = f"{100 * statistics.mean(r1):.2f} ± {100 * statistics.stdev(r1):.2f}"
         md_row = next(line for line in md.splitlines() if line.startswith(f"| {row['graph.topology']} |"))
         assert cell in md_row
     assert [r["graph.k"] for r in rows] == ["", "5"]
