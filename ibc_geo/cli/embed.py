@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Optional, Sequence
 
 from ibc_geo.cli.common import (add_config_arguments, add_model_arguments, config_from_args,
@@ -28,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels-from-folders", action="store_true",
                         help="with --images: each image's class is the name of its parent folder")
     parser.add_argument("--out", metavar="E.npz", help="the embeddings file to write")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out file (never an input of this command, nor a run's own files)")
     parser.add_argument("--chunk-size", type=int, default=16384, metavar="N",
                         help="embeddings held in memory between writes (default 16384)")
     add_config_arguments(parser)
@@ -52,13 +55,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from ibc_geo.retrieval.embed import embed_image_files, embed_split, load_embedder
     from ibc_geo.retrieval.images import list_images
 
+    from ibc_geo.utils.io import check_output
+
     paths = list_images(args.images) if args.images else None  # a bad folder fails before the model loads
+    # the output, before any work: not an input, not a run's file, not an existing file without
+    # --overwrite, a writable folder with room for the embeddings (twice: memory map and zip)
+    size = 2 * 4 * len(paths) * int(cfg.model.embedding_dim) if paths is not None else 0
+    check_output(args.out, overwrite=args.overwrite, size=size,
+                 inputs=[args.cfg, args.ckpt, args.images, *(paths or [])])
     embedder = load_embedder(cfg, args.ckpt, split=args.split or "test")
     if paths is not None:
-        summary = embed_image_files(embedder, paths, args.out, f"images:{args.images}",
-                                    labels_from_folder_names=args.labels_from_folders, chunk_size=args.chunk_size)
+        summary = embed_image_files(embedder, paths, args.out, f"images:{os.path.abspath(args.images)}",
+                                    labels_from_folder_names=args.labels_from_folders, chunk_size=args.chunk_size,
+                                    overwrite=args.overwrite)
     else:
-        summary = embed_split(embedder, args.split, args.out, chunk_size=args.chunk_size)
+        summary = embed_split(embedder, args.split, args.out, chunk_size=args.chunk_size, overwrite=args.overwrite)
     classes = f", {summary['num_classes']} classes" if summary["num_classes"] is not None else ""
     print(f"wrote {summary['path']}: {summary['num_items']} embeddings of {summary['dim']} dimensions{classes} "
           f"from {summary['source']} ({summary['seconds']:.1f} s, model {embedder.model_hash})")

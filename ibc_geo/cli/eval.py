@@ -5,13 +5,15 @@
     python tools/eval.py --embeddings E.npy --labels L.npy [--query-mask Q.npy]
                          [--recall-k 1 10 100 1000] [--out PATH] [--cfg CFG] [KEY VALUE ...]
 
-Prints a table and writes JSON (``--out``; default ``<output_dir>/metrics.json`` for a
-checkpoint, or ``<output_dir>/metrics_<split>.json`` where ``metrics.json`` is the training run's
-own record, ``metrics.json`` beside ``E.npy`` for embeddings) holding the metric keys of
+Prints a table and writes JSON (``--out``; default ``metrics_<split>.json`` (``metrics_init_<split>.json``
+for ``--init``) in the folder of the run's ``--cfg RUN/config.yaml``, or in ``output_dir`` for
+another config; ``metrics_<E>.json`` beside ``E.npy`` for embeddings) holding the metric keys of
 :func:`ibc_geo.evaluation.evaluate_embeddings` plus ``dataset``, ``split``, ``num_items`` and
 ``num_classes``. NaN metrics (e.g. MAP@R when every query is lone) are written as ``null``.
 A missing input file or a bad config exits with code 2 and a one-line message
-(:class:`EvalInputError`, a :class:`~ibc_geo.utils.errors.UserError`).
+(:class:`EvalInputError`, a :class:`~ibc_geo.utils.errors.UserError`). The output is checked before
+any metric is computed: an existing file is replaced only with ``--overwrite``, and a run's own
+files (``metrics.json``, checkpoints, ``config.yaml``) and the command's inputs never are.
 """
 from __future__ import annotations
 
@@ -36,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "  tools/eval.py --cfg RUN/config.yaml --ckpt RUN/checkpoints/best.pt [--split test|val]\n"
                     "  tools/eval.py --cfg CFG --init [--split test|val]\n"
                     "  tools/eval.py --embeddings E.npy --labels L.npy [--query-mask Q.npy] [--recall-k 1 10]\n\n"
-                    "It prints a table and writes JSON (--out; by default beside the run, never over its\n"
-                    "metrics.json).")
+                    "It prints a table and writes JSON (--out; by default metrics_<split>.json beside the run's\n"
+                    "config.yaml, never over the run's metrics.json; an existing file only with --overwrite).")
     src = p.add_mutually_exclusive_group()  # one is needed, unless --print-config
     src.add_argument("--ckpt", metavar="CKPT", help="checkpoint to evaluate (needs the config of its run)")
     src.add_argument("--embeddings", metavar="E.npy", help="saved [N, D] embeddings; no model is built")
@@ -49,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["test", "val"], default=None, help="split of --ckpt (default test)")
     p.add_argument("--recall-k", type=int, nargs="+", metavar="K", help="Ks of Recall@K (default cfg.eval.recall_k)")
     p.add_argument("--out", metavar="PATH", help="metrics JSON to write")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out (never a run's own metrics.json, nor an input of this command)")
     add_config_arguments(p)
     return p
 
@@ -82,7 +86,7 @@ def _json_ready(metrics: dict) -> dict:
     return out
 
 
-def _evaluate_saved(args, cfg, explicit_cfg: bool) -> tuple[dict, str, Optional[str]]:
+def _evaluate_saved(args, cfg, explicit_cfg: bool) -> tuple[dict, Optional[str]]:
     import numpy as np
 
     from ibc_geo.evaluation.metrics import evaluate_embeddings
@@ -99,38 +103,79 @@ def _evaluate_saved(args, cfg, explicit_cfg: bool) -> tuple[dict, str, Optional[
         raise EvalInputError(f"query mask {args.query_mask} must be bool [{labels.shape[0]}], "
                           f"got {mask.dtype} {mask.shape}")
     recall_k = args.recall_k or list(cfg.eval.recall_k)
+    warn_degenerate(emb, args.embeddings)
     try:
         metrics = evaluate_embeddings(emb, labels, recall_k=recall_k, query_mask=mask, nmi=cfg.eval.nmi,
                                       kmeans_iters=cfg.eval.kmeans_iters, kmeans_redo=cfg.eval.kmeans_redo,
                                       seed=cfg.seed, chunk_size=cfg.eval.chunk_size)
     except ValueError as e:
         raise EvalInputError(f"cannot evaluate {args.embeddings}: {e}") from None
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.embeddings)), "metrics.json")
     dataset = cfg.data.name if explicit_cfg else None
-    return metrics, out, dataset
+    return metrics, dataset
 
 
-def default_checkpoint_output(output_dir: str, split: str) -> str:
-    """``output_dir/metrics.json``, unless ``output_dir`` holds a training run (its ``checkpoints/``
-    or its own ``metrics.json``): then ``output_dir/metrics_<split>.json``. The trainer's
-    ``metrics.json`` marks a finished run, so evaluating a run's checkpoint never writes it."""
+def default_checkpoint_output(output_dir: str, split: str, prefix: str = "metrics") -> str:
+    """``output_dir/<prefix>_<split>.json``: evaluation never writes a run's ``metrics.json``, which
+    the trainer writes last to mark a run finished."""
+    return os.path.join(output_dir, f"{prefix}_{split}.json")
+
+
+def evaluation_folder(args, cfg) -> str:
+    """Where an evaluation of a checkpoint lands by default: the folder of ``--cfg`` when it is a
+    run's ``config.yaml`` (also a copied or moved run folder, whatever ``output_dir`` its config
+    names), else the config's ``output_dir``."""
     from ibc_geo.utils.run_dir import RunDir
 
-    run_dir = RunDir(output_dir)
-    holds_run = run_dir.checkpoints.is_dir() or run_dir.metrics.exists()
-    return str(run_dir.split_metrics(split) if holds_run else run_dir.metrics)
+    if args.cfg and RunDir(os.path.dirname(os.path.abspath(args.cfg))).looks_like_run() \
+            and os.path.basename(args.cfg) == "config.yaml":
+        return os.path.dirname(os.path.abspath(args.cfg))
+    return cfg.output_dir
 
 
-def _evaluate_checkpoint(args, cfg) -> tuple[dict, str, Optional[str]]:
+def output_path(args, cfg) -> str:
+    """The JSON this evaluation writes: ``--out``, or its default (see the module docstring)."""
+    if args.out:
+        return args.out
+    if args.embeddings:
+        stem = os.path.splitext(os.path.basename(args.embeddings))[0]
+        return os.path.join(os.path.dirname(os.path.abspath(args.embeddings)), f"metrics_{stem}.json")
+    split = args.split or "test"
+    return default_checkpoint_output(evaluation_folder(args, cfg), split, "metrics_init" if args.init else "metrics")
+
+
+def warn_degenerate(emb, source: str) -> None:
+    """Warn, naming the count, when embeddings cannot rank anything: all zero, all equal, or many
+    rows that are zero or exact copies of another row (their neighbours are ties, broken by index)."""
+    import logging
+
+    import numpy as np
+
+    log = logging.getLogger("ibc_geo")
+    n = len(emb)
+    if n == 0:
+        return
+    zero = int((~np.any(emb != 0, axis=1)).sum())
+    if zero == n:
+        log.warning("all %d embeddings in %s are zero: every neighbour is a tie, broken by index, so the metrics "
+                    "say nothing about the model", n, source)
+        return
+    if bool(np.all(emb == emb[:1])):
+        log.warning("all %d embeddings in %s are the same vector: every neighbour is a tie, broken by index, so "
+                    "the metrics say nothing about the model", n, source)
+        return
+    distinct = len(np.unique(np.ascontiguousarray(emb).view(np.dtype((np.void, emb.dtype.itemsize * emb.shape[1])))))
+    copies = n - distinct
+    if zero or copies > n // 10:
+        log.warning("%s: %d of %d embeddings are zero and %d are exact copies of another row (%d distinct): "
+                    "their neighbours are ties, broken by index", source, zero, n, copies, distinct)
+
+
+def _evaluate_checkpoint(args, cfg) -> tuple[dict, Optional[str]]:
     from ibc_geo.engine import evaluate_checkpoint, evaluate_initial_model
 
     if args.init:
-        metrics = evaluate_initial_model(cfg, args.split or "test")
-        out = args.out or os.path.join(cfg.output_dir, f"metrics_init_{args.split or 'test'}.json")
-        return metrics, out, cfg.data.name
-    metrics = evaluate_checkpoint(cfg, args.ckpt, args.split or "test")
-    out = args.out or default_checkpoint_output(cfg.output_dir, args.split or "test")
-    return metrics, out, cfg.data.name
+        return evaluate_initial_model(cfg, args.split or "test"), cfg.data.name
+    return evaluate_checkpoint(cfg, args.ckpt, args.split or "test"), cfg.data.name
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -151,15 +196,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from ibc_geo.config import default_config
 
         cfg = default_config()
+    from ibc_geo.utils.io import check_output
+
+    # where the record goes, checked before any metric is computed
+    out = output_path(args, cfg)
+    check_output(out, overwrite=args.overwrite,
+                 inputs=[args.cfg, args.ckpt, args.embeddings, args.labels, args.query_mask])
     if args.embeddings:
-        metrics, out, dataset = _evaluate_saved(args, cfg, explicit_cfg)
+        metrics, dataset = _evaluate_saved(args, cfg, explicit_cfg)
     else:
         # Under torchrun each rank embeds its shard of the split; rank 0 prints and writes.
         from ibc_geo.utils.distributed import init_from_env
         from ibc_geo.utils.runtime import resolve_device
 
         init_from_env(resolve_device(cfg.device))
-        metrics, out, dataset = _evaluate_checkpoint(args, cfg)
+        metrics, dataset = _evaluate_checkpoint(args, cfg)
     from ibc_geo.evaluation.metrics import format_table
     from ibc_geo.utils.io import atomic_write_json
     from ibc_geo.utils.runtime import is_main_process
@@ -172,7 +223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     record.setdefault("num_items", metrics.get("num_items"))
     record.setdefault("num_classes", metrics.get("num_classes"))
     print(format_table(metrics))
-    atomic_write_json(out, record)
+    atomic_write_json(out, record, overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0
 

@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(parser)
     parser.add_argument("--format", choices=["torchscript", "onnx"], help="what to write")
     parser.add_argument("--out", metavar="FILE", help="the model file (FILE.json is written beside it)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing FILE and FILE.json (never an input of this command, nor a run's own files)")
     add_config_arguments(parser)
     return parser
 
@@ -40,10 +42,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from ibc_geo.retrieval.export import export_embedder
     from ibc_geo.retrieval.gallery import config_hash
 
+    from ibc_geo.utils.io import check_distinct, check_output
+
+    inputs = [args.cfg, args.ckpt]
+    check_distinct([args.out, args.out + ".json"])
+    for out in (args.out, args.out + ".json"):  # before any work
+        check_output(out, overwrite=args.overwrite, inputs=inputs)
     model, epoch = load_model(cfg, args.ckpt)
     meta = {"checkpoint": args.ckpt or "", "epoch": epoch, "config": args.cfg, "config_hash": config_hash(cfg),
             "model_hash": model_hash(model, cfg)}
-    record = export_embedder(model, cfg, args.format, args.out, meta=meta)
+    record = export_embedder(model, cfg, args.format, args.out, meta=meta, overwrite=args.overwrite)
     check = record["check"]
     checked = (f"checked with {check['runtime']}: max difference {check['max_abs_diff']:.2g} <= {check['tolerance']:g}"
                if check["checked"] else f"NOT checked ({check['runtime']}; pip install -e '.[export]')")

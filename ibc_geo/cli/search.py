@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grid", metavar="G.png", help="draw each query with its top-k thumbnails")
     parser.add_argument("--thumb", type=int, default=96, metavar="PX", help="thumbnail side in --grid (default 96)")
     parser.add_argument("--out", metavar="R.json", help="write the results as JSON")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing --out, --grid and --save-index files (never an input of this "
+                             "command, nor a training run's own files)")
     add_config_arguments(parser)
     return parser
 
@@ -67,12 +70,28 @@ def _check_arguments(parser: argparse.ArgumentParser, args) -> None:
         parser.error("--thumb must be positive")
 
 
+def check_outputs(args) -> None:
+    """Every file this command would write, checked before any work: never one of its inputs (the
+    gallery, a loaded index, the queries, the config, the checkpoint), nor a run's own file, nor an
+    existing file without ``--overwrite``, nor one in a folder that cannot be written."""
+    from ibc_geo.utils.io import check_distinct, check_output
+
+    inputs = [args.gallery, args.load_index, args.load_index and args.load_index + ".json", args.cfg, args.ckpt,
+              *(args.query or [])]
+    outputs = [args.out, args.grid, args.save_index, args.save_index and args.save_index + ".json"]
+    check_distinct(outputs)
+    for out in outputs:
+        if out:
+            check_output(out, overwrite=args.overwrite, inputs=inputs)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)
     if args.print_config:
         config_from_args(args)
     _check_arguments(parser, args)
+    check_outputs(args)
     cfg = config_from_args(args) if args.query else None
 
     import numpy as np
@@ -170,14 +189,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from ibc_geo.utils.io import atomic_write, atomic_write_json
 
     if args.save_index:
-        index.save(args.save_index, gallery=os.path.abspath(args.gallery))
+        index.save(args.save_index, gallery=os.path.abspath(args.gallery), overwrite=args.overwrite)
         print(f"wrote {args.save_index} ({index.describe()})")
     if picture is not None:
-        atomic_write(args.grid, lambda tmp: picture.save(tmp, format="PNG"))
+        atomic_write(args.grid, lambda tmp: picture.save(tmp, format="PNG"), overwrite=args.overwrite)
         print(f"wrote {args.grid} ({picture.size[0]} x {picture.size[1]})")
     if args.out:
         atomic_write_json(args.out, {"gallery": args.gallery, "k": args.k, "index": index.describe(),
-                                     "queries": results})
+                                     "queries": results}, overwrite=args.overwrite)
         print(f"wrote {args.out}")
 
 

@@ -159,10 +159,10 @@ def iter_embeddings(embedder: Embedder, loader, paths: Sequence[str], desc: str 
 
 
 def _write(embedder: Embedder, loader, paths: Sequence[str], out: str, source: str, chunk_size: int,
-           labels=None, class_names=None, query_mask=None) -> dict:
+           labels=None, class_names=None, query_mask=None, overwrite: bool = True) -> dict:
     start = time.perf_counter()
     with EmbeddingWriter(out, paths, embedder.dim, labels=labels, class_names=class_names, query_mask=query_mask,
-                         meta=embedder.meta(source), chunk_size=chunk_size) as writer:
+                         meta=embedder.meta(source), chunk_size=chunk_size, overwrite=overwrite) as writer:
         for indices, rows in iter_embeddings(embedder, loader, paths):
             writer.add(indices, rows)
     return {"path": os.fspath(out), "num_items": len(paths), "dim": embedder.dim,
@@ -170,7 +170,8 @@ def _write(embedder: Embedder, loader, paths: Sequence[str], out: str, source: s
             "seconds": time.perf_counter() - start, "source": source}
 
 
-def embed_split(embedder: Embedder, split: str, out: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict:
+def embed_split(embedder: Embedder, split: str, out: str, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                overwrite: bool = True) -> dict:
     """Write the embeddings of ``split`` (train, val or test) of ``embedder.cfg``'s dataset to ``out``,
     with its labels, class names (and query mask); returns a summary dict."""
     from ibc_geo.data import build_dataset, build_eval_loader, build_transforms
@@ -179,7 +180,7 @@ def embed_split(embedder: Embedder, split: str, out: str, chunk_size: int = DEFA
     dataset = build_dataset(cfg, split, build_transforms(cfg, train=False))
     loader = build_eval_loader(cfg, dataset)
     return _write(embedder, loader, dataset.paths, out, f"split:{split}", chunk_size, labels=dataset.labels,
-                  class_names=[str(c) for c in dataset.class_ids], query_mask=dataset.query_mask)
+                  class_names=[str(c) for c in dataset.class_ids], query_mask=dataset.query_mask, overwrite=overwrite)
 
 
 def image_files_loader(cfg, paths: Sequence[str], labels=None):
@@ -191,13 +192,15 @@ def image_files_loader(cfg, paths: Sequence[str], labels=None):
 
 
 def embed_image_files(embedder: Embedder, paths: Sequence[str], out: str, source: str,
-                      labels_from_folder_names: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict:
+                      labels_from_folder_names: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                      overwrite: bool = True) -> dict:
     """Write the embeddings of image files to ``out`` (labels = parent folder names when asked)."""
     labels = class_names = None
     if labels_from_folder_names:
         labels, class_names = labels_from_folders(paths)
     loader = image_files_loader(embedder.cfg, paths, labels)
-    return _write(embedder, loader, list(paths), out, source, chunk_size, labels=labels, class_names=class_names)
+    return _write(embedder, loader, list(paths), out, source, chunk_size, labels=labels, class_names=class_names,
+                  overwrite=overwrite)
 
 
 def embed_images(embedder: Embedder, paths: Sequence[str], what: str = "query image") -> np.ndarray:

@@ -12,8 +12,6 @@ images of two batch sizes and requires the embeddings to equal the PyTorch model
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import warnings
 from typing import Optional
 
@@ -23,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ibc_geo.retrieval.errors import ExportCheckError
-from ibc_geo.utils.io import atomic_write_json
+from ibc_geo.utils.io import atomic_write, atomic_write_json, check_output
 
 FORMATS = ("torchscript", "onnx")
 TOLERANCE = 1e-5
@@ -95,13 +93,14 @@ def _write_onnx(embedder: nn.Module, example: torch.Tensor, path: str) -> None:
 
 
 def export_embedder(model: nn.Module, cfg, fmt: str, out: str, meta: Optional[dict] = None,
-                    batch_sizes=(2, 3)) -> dict:
+                    batch_sizes=(2, 3), overwrite: bool = True) -> dict:
     """Export ``model``'s backbone embedder to ``out`` in ``fmt`` (``torchscript`` or ``onnx``),
     check it, and write ``out + ".json"``. Returns that record.
 
     The check compares the exported file's embeddings of :func:`check_batch` (each of
     ``batch_sizes``; the first is the tracing example) with ``model``'s own; ONNX is only checked
-    when onnxruntime is installed (the record says ``"checked": false`` otherwise).
+    when onnxruntime is installed (the record says ``"checked": false`` otherwise). Both files go
+    through :func:`~ibc_geo.utils.io.atomic_write`: existing ones are refused unless ``overwrite``.
     """
     from ibc_geo.retrieval.embed import preprocessing
 
@@ -110,11 +109,10 @@ def export_embedder(model: nn.Module, cfg, fmt: str, out: str, meta: Optional[di
     embedder = NormalizedEmbedder(model.backbone).cpu().eval()
     example = check_batch(cfg, batch_sizes[0])
     out = os.fspath(out)
-    folder = os.path.dirname(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    tmpdir = tempfile.mkdtemp(prefix="." + os.path.basename(out) + ".", suffix=".tmp", dir=folder)
-    try:
-        tmp = os.path.join(tmpdir, os.path.basename(out))
+    check_output(out + ".json", overwrite=overwrite)
+    record: dict = {}
+
+    def write_and_check(tmp: str) -> None:
         with torch.no_grad():
             (_write_torchscript if fmt == "torchscript" else _write_onnx)(embedder, example, tmp)
         checked = fmt == "torchscript" or onnxruntime_available()
@@ -136,7 +134,7 @@ def export_embedder(model: nn.Module, cfg, fmt: str, out: str, meta: Optional[di
                 raise ExportCheckError(f"the exported {fmt} model's embeddings differ from the PyTorch model's by up to "
                                        f"{max_diff:.3g} (> {TOLERANCE:g}); nothing written to {out}")
         size = int(cfg.data.image_size)
-        record = {
+        record.update({
             "format": fmt,
             "file": os.path.basename(out),
             "input": {"name": INPUT_NAME, "shape": ["batch", 3, size, size], "dtype": "float32",
@@ -151,12 +149,11 @@ def export_embedder(model: nn.Module, cfg, fmt: str, out: str, meta: Optional[di
                       "runtime": ("torch.jit.load" if fmt == "torchscript" else
                                   "onnxruntime" if checked else "none: onnxruntime is not installed")},
             "torch": torch.__version__,
-        }
+        })
         if fmt == "onnx":
             record["opset"] = ONNX_OPSET
         record.update(meta or {})
-        os.replace(tmp, out)
-        atomic_write_json(out + ".json", record)
-        return record
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+
+    atomic_write(out, write_and_check, overwrite=overwrite)
+    atomic_write_json(out + ".json", record, overwrite=overwrite)
+    return record

@@ -24,6 +24,7 @@ error at any point leaves nothing behind. This module needs numpy only.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -36,6 +37,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from ibc_geo.retrieval.errors import GalleryError
+from ibc_geo.utils.io import OutputError, atomic_write, output_error
 
 FORMAT = "ibc_geo.embeddings/1"
 META_KEYS = ("format", "config_hash", "model_hash", "embeddings_sha256", "checkpoint", "source", "config_yaml")
@@ -159,11 +161,15 @@ class EmbeddingWriter:
         labels, class_names, query_mask: optional arrays of the module docstring.
         meta: the string fields (``config_hash``, ``model_hash``, ``checkpoint``, ``source``, ``config_yaml``).
         chunk_size: rows buffered in memory between writes (default: ``16384``).
+        overwrite: replace an existing ``path`` (default: ``True``; the tools pass ``--overwrite``).
+
+    The memory-mapped files are allocated on disk when created, so a full disk is an
+    :class:`~ibc_geo.utils.io.OutputError` naming ``path``, never a SIGBUS in the middle.
     """
 
     def __init__(self, path: str, paths: Sequence[str], dim: int, labels: Optional[np.ndarray] = None,
                  class_names: Optional[Sequence[str]] = None, query_mask: Optional[np.ndarray] = None,
-                 meta: Optional[Dict[str, str]] = None, chunk_size: int = 16384):
+                 meta: Optional[Dict[str, str]] = None, chunk_size: int = 16384, overwrite: bool = True):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         self.path = os.fspath(path)
@@ -175,6 +181,7 @@ class EmbeddingWriter:
         self.query_mask = query_mask
         self.meta = dict(meta or {})
         self.chunk_size = int(chunk_size)
+        self.overwrite = bool(overwrite)
         self._tmpdir: Optional[str] = None
         self._created: Optional[str] = None
         self._rows = None
@@ -186,11 +193,17 @@ class EmbeddingWriter:
 
     def __enter__(self) -> "EmbeddingWriter":
         folder = os.path.dirname(os.path.abspath(self.path))
+        if not self.overwrite and os.path.lexists(self.path):
+            raise OutputError(f"refusing to replace {self.path}: it exists (pass --overwrite to replace it)")
         self._created = None if os.path.isdir(folder) else folder
-        os.makedirs(folder, exist_ok=True)
-        self._tmpdir = tempfile.mkdtemp(prefix="." + os.path.basename(self.path) + ".", suffix=".tmp", dir=folder)
-        self._rows = np.lib.format.open_memmap(os.path.join(self._tmpdir, "embeddings.npy"), mode="w+",
-                                               dtype=np.float32, shape=(self.num_items, self.dim))
+        try:
+            os.makedirs(folder, exist_ok=True)
+            self._tmpdir = tempfile.mkdtemp(prefix="." + os.path.basename(self.path) + ".", suffix=".tmp", dir=folder)
+            self._rows = _allocated_memmap(os.path.join(self._tmpdir, "embeddings.npy"), np.float32,
+                                           (self.num_items, self.dim))
+        except OSError as e:  # e.g. a full disk: no temporary folder stays behind
+            self.__exit__(type(e), e, None)
+            raise output_error(self.path, e) from None
         return self
 
     def add(self, indices: np.ndarray, rows: np.ndarray) -> None:
@@ -227,7 +240,10 @@ class EmbeddingWriter:
                     missing = np.flatnonzero(~self._seen)
                     raise ValueError(f"{len(missing)} of {self.num_items} rows were never written "
                                      f"(first: {int(missing[0])})")
-                self._finish()
+                try:
+                    self._finish()
+                except OSError as e:  # a full disk while writing the members
+                    raise output_error(self.path, e) from None
         finally:
             self._rows = None
             if self._tmpdir and os.path.isdir(self._tmpdir):
@@ -247,7 +263,7 @@ class EmbeddingWriter:
         """The paths as a fixed-width unicode .npy, filled by chunks (no second full copy in memory)."""
         width = max(1, max((len(p) for p in self.paths), default=1))
         file = os.path.join(self._tmpdir, "paths.npy")
-        out = np.lib.format.open_memmap(file, mode="w+", dtype=f"<U{width}", shape=(self.num_items,))
+        out = _allocated_memmap(file, f"<U{width}", (self.num_items,))
         for start in range(0, self.num_items, self.chunk_size):
             out[start:start + self.chunk_size] = self.paths[start:start + self.chunk_size]
         out.flush()
@@ -273,11 +289,29 @@ class EmbeddingWriter:
         for key in META_KEYS:
             if key in self.meta:
                 members.append((key, self._save_member(key, np.array(str(self.meta[key]))), zipfile.ZIP_DEFLATED))
-        tmp_zip = os.path.join(self._tmpdir, "out.npz")
-        with zipfile.ZipFile(tmp_zip, "w", allowZip64=True) as zf:
-            for name, file, compression in members:
-                zf.write(file, arcname=name + ".npy", compress_type=compression)
-        os.replace(tmp_zip, self.path)
+        def write_zip(tmp_zip: str) -> None:
+            with zipfile.ZipFile(tmp_zip, "w", allowZip64=True) as zf:
+                for name, file, compression in members:
+                    zf.write(file, arcname=name + ".npy", compress_type=compression)
+
+        atomic_write(self.path, write_zip, overwrite=self.overwrite)
+
+
+def _allocated_memmap(file: str, dtype, shape) -> np.ndarray:
+    """``numpy.lib.format.open_memmap`` whose blocks are reserved on disk at once (a sparse memory
+    map on a full disk kills the process with SIGBUS at the first write into it)."""
+    rows = np.lib.format.open_memmap(file, mode="w+", dtype=dtype, shape=shape)
+    size = os.path.getsize(file)
+    if size and hasattr(os, "posix_fallocate"):
+        fd = os.open(file, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                raise
+        finally:
+            os.close(fd)
+    return rows
 
 
 def write_embeddings(path: str, embeddings: np.ndarray, paths: Sequence[str], chunk_size: int = 16384,

@@ -5,6 +5,7 @@ and the transform is the evaluation's, so an image embeds the same here as in ev
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -13,17 +14,39 @@ import numpy as np
 from ibc_geo.data.datasets.imagefolder import IMAGE_EXTENSIONS
 from ibc_geo.retrieval.errors import EmptyInputError, ImageReadError
 
+log = logging.getLogger(__name__)
+
 
 def is_image_file(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def _walk_images(folder: str) -> List[str]:
-    found = []
+    """Every image below ``folder`` as an absolute path, each file once: linked folders are followed,
+    but never into a folder already visited (a link loop such as ``a/back -> ..``), and a file
+    reached by two paths (a link, a linked folder) is kept under its first path in sorted order."""
+    folder = os.path.abspath(folder)
+    found, visited, skipped = [], set(), []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:  # reached again through a link: its files are listed already
+            dirnames[:] = []
+            skipped.append(dirpath)
+            continue
+        visited.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".") and is_image_file(f)]
-    return sorted(found)
+    unique, seen = [], set()
+    for path in sorted(found):
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            unique.append(path)
+    if skipped or len(unique) < len(found):
+        log.warning("%s: %d linked folders lead back to folders already listed (e.g. %s) and %d image paths name "
+                    "a file listed under another path; each image is embedded once", folder, len(skipped),
+                    skipped[0] if skipped else "none", len(found) - len(unique))
+    return unique
 
 
 def _read_list(list_file: str) -> List[str]:
@@ -39,8 +62,8 @@ def _read_list(list_file: str) -> List[str]:
 
 
 def list_images(source: str) -> List[str]:
-    """The images of ``source``: a folder (every image file below it, by extension, hidden entries
-    skipped, sorted), a text list (one path per line, relative to the list's folder; blank lines
+    """The images of ``source`` as absolute paths: a folder (every image file below it, by extension,
+    hidden entries skipped, sorted, each file once, link loops not followed), a text list (one path per line, relative to the list's folder; blank lines
     and ``#`` comments skipped) or one image file. Raises :class:`EmptyInputError` for no images,
     :class:`ImageReadError` for a missing source or a listed file that does not exist."""
     source = os.fspath(source)
@@ -54,7 +77,7 @@ def list_images(source: str) -> List[str]:
         raise ImageReadError(f"image folder or list not found: {source} (expected a folder of images, a .txt "
                              f"list of image paths, or an image file)")
     if is_image_file(source):
-        return [source]
+        return [os.path.abspath(source)]
     paths = _read_list(source)
     if not paths:
         raise EmptyInputError(f"image list {source} names no images (expected one image path per line)")

@@ -32,7 +32,7 @@ import numpy as np
 
 from ibc_geo.evaluation.knn import knn_search
 from ibc_geo.retrieval.errors import IndexMismatchError
-from ibc_geo.utils.io import atomic_write, atomic_write_json
+from ibc_geo.utils.io import atomic_write, atomic_write_json, check_output
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +136,14 @@ class SearchIndex:
             self.index.add(self.database)
         return self.index
 
-    def save(self, path: str, gallery: str = "") -> None:
-        """Write the faiss index to ``path`` and its record to ``path + ".json"`` (both atomically)."""
+    def save(self, path: str, gallery: str = "", overwrite: bool = True) -> None:
+        """Write the faiss index to ``path`` and its record to ``path + ".json"`` (both atomically;
+        existing files are refused unless ``overwrite``)."""
         index = self._faiss_index()
-        atomic_write(path, lambda tmp: faiss.write_index(index, tmp))
-        atomic_write_json(os.fspath(path) + ".json", {
+        if not overwrite:
+            check_output(os.fspath(path) + ".json", overwrite=False)
+        atomic_write(path, lambda tmp: faiss.write_index(index, tmp), overwrite=overwrite)
+        atomic_write_json(os.fspath(path) + ".json", overwrite=overwrite, data={
             "format": INDEX_FORMAT, "factory": self.factory, "params": self.params, "gallery": gallery,
             "gallery_sha256": self.fingerprint, "ntotal": int(index.ntotal), "dim": int(index.d),
             "faiss": faiss.__version__})

@@ -1,19 +1,156 @@
-"""Atomic file writes: a crash never leaves a half-written file behind."""
+"""Every file a tool or a run writes goes through :func:`atomic_write`.
+
+* **Atomic**: the bytes go to a temporary file in the destination's own folder, which is fsynced and
+  then renamed onto the destination, so a crash never leaves half a file behind.
+* **Never replaces what the user did not ask to replace**: with ``overwrite=False`` an existing
+  file is refused by name (and the final rename cannot clobber a file that appeared meanwhile).
+* **One line for what the system refuses**: a read-only or forbidden folder, a full disk, a folder
+  where a file should be, become an :class:`OutputError` naming the path and the cause.
+
+Tools call :func:`check_output` for each output before their expensive work (an existing file, one
+of the tool's own inputs, a run's own files, a folder that cannot be written, too little free
+space are known in advance), then :func:`atomic_write` at the end.
+"""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Optional
+
+from ibc_geo.utils.errors import UserError
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)``, fsync, then rename onto ``path`` (atomic on POSIX)."""
-    path = os.fspath(path)
+class OutputError(UserError):
+    """An output file that may not or cannot be written; the message names it and the cause."""
+
+
+#: errno -> the cause in words.
+_CAUSES = {
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EISDIR: "it is a folder, not a file",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.EFBIG: "file too large",
+}
+
+
+def describe_os_error(error: OSError) -> str:
+    """The cause of an OSError in a few words (``read-only file system``, ``no space left on device``)."""
+    if error.errno in _CAUSES:
+        return _CAUSES[error.errno]
+    return (error.strerror or str(error) or type(error).__name__).lower()
+
+
+def output_error(path: str | os.PathLike, error: OSError, doing: str = "cannot write") -> OutputError:
+    """An :class:`OutputError` ``"<doing> <path>: <cause>"``; an ENOSPC one keeps its errno."""
+    out = OutputError(f"{doing} {os.fspath(path)}: {describe_os_error(error)}")
+    out.errno = error.errno
+    return out
+
+
+def _existing_folder(path: str) -> str:
+    """The nearest folder of ``path`` (itself excluded) that exists."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    os.close(fd)
+    while not os.path.exists(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return folder
+
+
+def _same_file(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output(path: str | os.PathLike, overwrite: bool = False, inputs: Iterable[Optional[str]] = (),
+                 flag: str = "--overwrite", size: int = 0) -> str:
+    """Refuse, before any work, an output that :func:`atomic_write` would refuse or fail on; returns
+    ``path`` as given. Raises :class:`OutputError` when ``path``
+
+    * is one of ``inputs`` (the tool's own input files; also through links), even with ``overwrite``;
+    * is one of a training run's own files (``config.yaml``, ``log.txt``, ``metrics.json``,
+      checkpoints, TensorBoard events: :meth:`~ibc_geo.utils.run_dir.RunDir.owns`), even with ``overwrite``;
+    * is a folder, or exists and ``overwrite`` is false (``flag`` is the switch named in the message);
+    * lies in a folder that cannot be created or written (read-only, permissions, a file in the way);
+    * needs ``size`` bytes and the folder's file system has less free.
+    """
+    from ibc_geo.utils.run_dir import RunDir
+
+    path = os.fspath(path)
+    for source in inputs:
+        if source and os.path.exists(source) and os.path.exists(path) and _same_file(path, source):
+            raise OutputError(f"refusing to write {path}: it is an input of this command ({source}); "
+                              f"choose another output file")
+        if source and not os.path.exists(path) and os.path.abspath(path) == os.path.abspath(source):
+            raise OutputError(f"refusing to write {path}: it is an input of this command; choose another output file")
+    owner = RunDir.owner_of(path)
+    if owner is not None:
+        raise OutputError(f"refusing to write {path}: it is one of the files of the training run in {owner.root} "
+                          f"(config.yaml, log.txt, checkpoints, metrics.json belong to the run); choose another "
+                          f"output file")
+    if os.path.isdir(path):
+        raise OutputError(f"cannot write {path}: it is a folder, not a file; name a file inside it")
+    if os.path.lexists(path) and not overwrite:
+        raise OutputError(f"refusing to replace {path}: it exists (pass {flag} to replace it)")
+    folder = _existing_folder(path)
+    if not os.path.isdir(folder):
+        raise OutputError(f"cannot write {path}: {folder} is a file, not a folder")
+    try:  # the truthful test of a folder: create (and remove) a file in it
+        fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise output_error(path, e) from None
+    if size:
+        free = shutil.disk_usage(folder).free
+        if free < size:
+            raise OutputError(f"cannot write {path}: no space left on device (it needs about {size / 2**20:.1f} MiB, "
+                              f"{folder} has {free / 2**20:.1f} MiB free)")
+    return path
+
+
+def check_distinct(outputs: Iterable[Optional[str]]) -> None:
+    """Two outputs of one command may not be the same file."""
+    seen: dict = {}
+    for path in outputs:
+        if not path:
+            continue
+        key = os.path.realpath(path)
+        if key in seen:
+            raise OutputError(f"{seen[key]} and {path} are the same file; give each output its own name")
+        seen[key] = path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], overwrite: bool = True,
+                 flag: str = "--overwrite") -> None:
+    """Call ``write(tmp_path)`` for a temporary file beside ``path``, fsync it, then rename it onto
+    ``path`` (atomic on POSIX). With ``overwrite`` false an existing ``path`` is refused (also one
+    that appears while ``write`` runs: the file is linked into place, which never replaces).
+
+    Any OSError of the file system (read-only, permissions, a full disk, a folder in the way)
+    becomes an :class:`OutputError` naming ``path`` and the cause; the temporary file is removed
+    whatever happens. Errors raised by ``write`` itself, other than OSError, pass unchanged.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise OutputError(f"cannot write {path}: it is a folder, not a file; name a file inside it")
+    if not overwrite and os.path.lexists(path):
+        raise OutputError(f"refusing to replace {path}: it exists (pass {flag} to replace it)")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+        os.close(fd)
+    except OSError as e:
+        raise output_error(path, e) from None
     try:
         write(tmp)
         umask = os.umask(0)
@@ -21,20 +158,46 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails with EEXIST instead of replacing
+            except FileExistsError:
+                raise OutputError(f"refusing to replace {path}: it exists (pass {flag} to replace it)") from None
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                if os.path.lexists(path):  # a file system without hard links
+                    raise OutputError(f"refusing to replace {path}: it exists (pass {flag} to replace it)") from None
+                os.replace(tmp, path)
+    except OSError as e:
+        raise output_error(path, e) from None
+    except RuntimeError as e:
+        # torch.save reports a full disk as "RuntimeError: [enforce fail at inline_container.cc] ..."
+        free = _free_bytes(folder)
+        if free is not None and free < 1 << 20:
+            raise OutputError(f"cannot write {path}: no space left on device ({free} bytes free in {folder})") from None
         raise
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def _free_bytes(folder: str) -> Optional[int]:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True, flag: str = "--overwrite") -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
 
-    atomic_write(path, write)
+    atomic_write(path, write, overwrite=overwrite, flag=flag)
 
 
-def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+def atomic_write_json(path: str | os.PathLike, data: Any, overwrite: bool = True, flag: str = "--overwrite") -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n", overwrite=overwrite, flag=flag)

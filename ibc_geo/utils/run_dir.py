@@ -11,6 +11,9 @@
         metrics.json           the run's final record: its presence marks the run finished
         metrics_<split>.json   tools/eval.py's evaluations of the run
         hparams/               TensorBoard's HPARAMS entry
+        projector_config.pbtxt TensorBoard's embedding projector, showing
+        <step>/test_embeddings/ the selected model's test embeddings (tensors, labels, thumbnails)
+        .lock                  held by the training process while it runs (host and pid inside)
 
 The trainer, the ablation runner and the evaluation tool all ask this class.
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,18 @@ class RunDir:
     def events(self) -> List[Path]:
         return sorted(self.root.glob("events.out.tfevents*"))
 
+    @property
+    def projector_config(self) -> Path:
+        return self.root / "projector_config.pbtxt"
+
+    def projector_files(self) -> List[Path]:
+        """``projector_config.pbtxt`` and the files of ``<step>/test_embeddings/`` that exist."""
+        files = [self.projector_config] if self.projector_config.is_file() else []
+        for folder in sorted(self.root.glob("[0-9]*/test_embeddings")):
+            if folder.parent.name.isdigit() and folder.is_dir():
+                files += sorted(p for p in folder.iterdir() if p.is_file())
+        return files
+
     def eval_records(self) -> List[Path]:
         return sorted(self.root.glob("metrics_*.json"))
 
@@ -74,12 +89,43 @@ class RunDir:
         events and hparams, checkpoints, metrics.json) and tools/eval.py's ``metrics_<split>.json``.
         Nothing else in the folder belongs to the run."""
         files = [p for p in (self.config, self.log, self.last, self.best, self.metrics) if p.is_file()]
-        files += self.events() + self.eval_records()
+        files += self.events() + self.eval_records() + self.projector_files()
         files += [p for p in (self.last.with_name(self.last.name + ".tmp"),
                               self.best.with_name(self.best.name + ".tmp")) if p.is_file()]
         if self.hparams.is_dir():
             files += sorted(p for p in self.hparams.rglob("events.out.tfevents*") if p.is_file())
         return files
+
+    @property
+    def lock(self) -> Path:
+        """``.lock``: held by the training process writing here (host and pid inside)."""
+        return self.root / ".lock"
+
+    def trainer_files(self) -> List[Path]:
+        """The paths the trainer owns here, whether they exist or not (events and hparams: those
+        that exist): nothing but the run writes them, and no tool ever does."""
+        files = [self.config, self.log, self.last, self.best, self.metrics, self.lock,
+                 self.last.with_name(self.last.name + ".tmp"), self.best.with_name(self.best.name + ".tmp")]
+        files += self.events() + self.projector_files()
+        if self.hparams.is_dir():
+            files += sorted(p for p in self.hparams.rglob("*") if p.is_file())
+        return files
+
+    def looks_like_run(self) -> bool:
+        """Whether a training run wrote here (its config.yaml, log.txt, checkpoints/ or metrics.json)."""
+        return any(p.exists() for p in (self.config, self.log, self.checkpoints, self.metrics))
+
+    @classmethod
+    def owner_of(cls, path: "str | os.PathLike") -> "Optional[RunDir]":
+        """The run folder whose own file :meth:`trainer_files` ``path`` is (also through links), or
+        ``None``: a tool refuses to write there, whatever its flags."""
+        real = Path(os.path.realpath(path))
+        for root in {real.parent, real.parent.parent, Path(os.path.abspath(path)).parent,
+                     Path(os.path.abspath(path)).parent.parent}:
+            run = cls(root)
+            if run.looks_like_run() and any(os.path.realpath(p) == str(real) for p in run.trainer_files()):
+                return run
+        return None
 
     def remove_run_files(self) -> List[Path]:
         """Delete :meth:`run_files` (and ``checkpoints/``, ``hparams/`` when that leaves them empty);
@@ -90,7 +136,8 @@ class RunDir:
         for folder in sorted((d for d in self.hparams.rglob("*") if d.is_dir()), reverse=True) if self.hparams.is_dir() else []:
             if not any(folder.iterdir()):
                 folder.rmdir()
-        for folder in (self.hparams, self.checkpoints):
+        steps = sorted({p.parent for p in files if p.parent.name == "test_embeddings"})
+        for folder in steps + sorted({d.parent for d in steps}) + [self.hparams, self.checkpoints]:
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         return files

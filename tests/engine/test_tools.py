@@ -60,8 +60,8 @@ def test_eval_checkpoint_of_another_architecture_is_a_message(tmp_path):
 def test_eval_default_output_never_marks_a_run_finished(tmp_path):
     from ibc_geo.cli.eval import default_checkpoint_output
 
-    empty = tmp_path / "fresh"
-    assert default_checkpoint_output(str(empty), "test") == str(empty / "metrics.json")
+    empty = tmp_path / "fresh"  # even where no run is yet, evaluation writes its own record
+    assert default_checkpoint_output(str(empty), "test") == str(empty / "metrics_test.json")
     killed = tmp_path / "killed"  # an interrupted run: checkpoints, no metrics.json yet
     (killed / "checkpoints").mkdir(parents=True)
     assert default_checkpoint_output(str(killed), "val") == str(killed / "metrics_val.json")

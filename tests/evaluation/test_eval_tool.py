@@ -32,14 +32,15 @@ def saved(tmp_path):
 def test_embeddings_mode_writes_metrics_beside_them(saved, capsys):
     tmp, emb, labels = saved
     assert main(["--embeddings", str(tmp / "E.npy"), "--labels", str(tmp / "L.npy"), "--recall-k", "1", "5"]) == 0
-    record = json.loads((tmp / "metrics.json").read_text())
+    assert not (tmp / "metrics.json").exists()  # a run's own record, never written by evaluation
+    record = json.loads((tmp / "metrics_E.json").read_text())
     want = evaluate_embeddings(emb, labels, recall_k=(1, 5), nmi=True, kmeans_iters=20, seed=0)
     for key, value in want.items():
         assert record[key] == pytest.approx(value, abs=1e-12), key
     assert record["num_items"] == 150 and record["num_classes"] == 12
     assert "dataset" in record and "split" in record
     out = capsys.readouterr().out
-    assert f"{100 * want['recall@5']:.2f}" in out and "map@r" in out and "metrics.json" in out
+    assert f"{100 * want['recall@5']:.2f}" in out and "map@r" in out and "metrics_E.json" in out
 
 
 def test_query_mask_and_out_path(saved):
