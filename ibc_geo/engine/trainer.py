@@ -43,6 +43,7 @@ from ibc_geo.nn.analysis import attention_statistics
 from ibc_geo.utils.errors import DivergedError, UserError
 from ibc_geo.utils.distributed import barrier, init_from_env, local_device, synchronize_batchnorm
 from ibc_geo.utils.run_dir import RunDir
+from ibc_geo.utils.run_lock import RunLock
 from ibc_geo.utils.runtime import progress_enabled, resolve_device, rng_state, seed_everything, set_rng_state
 
 logger = logging.getLogger("ibc_geo")
@@ -120,14 +121,20 @@ class Trainer:
                 f"afresh, or choose another output_dir")
         if cfg.train.resume:
             logger.info("train.resume: %s holds no run yet, starting afresh", self.out)
-        # Starting afresh: nothing of an earlier run may leak in (a stale best.pt would be reloaded
-        # by an LR drop before the first evaluation); files the trainer did not write stay.
+        self._earlier_run = found  # deleted by _remove_earlier_run, once every check has passed
+        return None
+
+    def _remove_earlier_run(self) -> None:
+        """Starting afresh: nothing of an earlier run may leak in (a stale best.pt would be reloaded
+        by an LR drop before the first evaluation); files the trainer did not write stay."""
+        found = getattr(self, "_earlier_run", None)
+        if found is None:
+            return
         barrier()  # every rank has looked before rank 0 deletes
         if found and self.writers.enabled:
             self.run_dir.remove_run_files()
             logger.info("train.overwrite: deleted %d files of the earlier run in %s", len(found), self.out)
         barrier()
-        return None
 
     def _build(self, resume: Optional[dict]) -> None:
         cfg = self.cfg
@@ -430,7 +437,11 @@ class Trainer:
     # ------------------------------------------------------------------------------------- main
     def fit(self) -> dict:
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
+        # One writer per run folder (rank 0 holds output_dir/.lock for the whole run); a live holder
+        # is refused here, before anything is read or written.
+        lock = RunLock(self.out)
+        if self.writers.enabled:
+            lock.check()
         resume = self._prepare_output_dir()
         seed_everything(cfg.seed)
         if cfg.deterministic:
@@ -438,19 +449,26 @@ class Trainer:
         self._build(resume)
         if resume is not None:
             self._restore(resume)
+        self._loader()  # the sampler's checks: a refused start writes nothing into output_dir
         if self.writers.enabled:
-            save_config(cfg, self.run_dir.config)
-        epochs = tqdm(range(self.epoch + 1, cfg.train.epochs + 1), desc="epochs", leave=False,
-                      disable=not progress_enabled())
+            lock.acquire()  # creates output_dir
         try:
-            # On a terminal, log lines go through tqdm so that they never land on a progress bar.
-            redirect = logging_redirect_tqdm() if progress_enabled() else nullcontext()
-            with self.writers as writer, redirect:
-                self._log_summary(resume is not None)
-                result = self._epochs(epochs, writer)
-            barrier()  # no rank returns before rank 0 has written metrics.json
+            self._remove_earlier_run()
+            if self.writers.enabled:
+                save_config(cfg, self.run_dir.config)
+            epochs = tqdm(range(self.epoch + 1, cfg.train.epochs + 1), desc="epochs", leave=False,
+                          disable=not progress_enabled())
+            try:
+                # On a terminal, log lines go through tqdm so that they never land on a progress bar.
+                redirect = logging_redirect_tqdm() if progress_enabled() else nullcontext()
+                with self.writers as writer, redirect:
+                    self._log_summary(resume is not None)
+                    result = self._epochs(epochs, writer)
+                barrier()  # no rank returns before rank 0 has written metrics.json
+            finally:
+                self._train_loader = None  # lets its persistent workers shut down
         finally:
-            self._train_loader = None  # lets its persistent workers shut down
+            lock.release()
         return result
 
     def _log_summary(self, resumed: bool) -> None:

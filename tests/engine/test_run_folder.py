@@ -1,0 +1,132 @@
+"""One writer per run folder (issue 22, cases 3, 4 and 11): output_dir/.lock held by the running
+training, a lock left by a dead process taken over, a refused start leaving the folder as it was,
+a full disk at a checkpoint named as such."""
+import hashlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ibc_geo.engine import train
+from ibc_geo.utils.run_lock import RunLock, RunLockedError
+from tiny_run import TINY
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def hashes(folder):
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+HOLD = """
+import sys, time
+from ibc_geo.utils.run_lock import RunLock
+lock = RunLock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def held(tmp_path):
+    """output_dir ``run`` locked by another live process (as a training run holds it)."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    yield out, proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tiny_cfg, held):
+    out, proc = held
+    (out / "notes.txt").write_text("the user's")
+    before = hashes(out)
+    for extra in ([], ["train.resume", "true"], ["train.overwrite", "true"]):
+        with pytest.raises(RunLockedError) as e:
+            train(tiny_cfg("train.epochs", "1", *extra))
+        message = str(e.value)
+        assert f"output_dir {out} is being written by another training run" in message
+        assert f"pid {proc.pid} on host {socket.gethostname()}" in message
+        assert hashes(out) == before
+
+
+def test_two_runs_started_together_into_one_folder(tmp_path):
+    out = str(tmp_path / "run")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    procs = {seed: subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "train.py"), *TINY,
+                                     "train.epochs", "1", "output_dir", out, "seed", seed], cwd=ROOT, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for seed in ("1", "2")}
+    results = {seed: (p.wait(timeout=600), p.stderr.read()) for seed, p in procs.items()}
+    codes = sorted(code for code, _ in results.values())
+    assert codes == [0, 2], results
+    winner = next(seed for seed, (code, _) in results.items() if code == 0)
+    loser_err = next(err for code, err in results.values() if code == 2)
+    assert "being written by another training run" in loser_err or "already holds a run" in loser_err
+    assert "Traceback" not in loser_err
+    # everything in the folder is the winner's
+    from ibc_geo.config import load_config
+    from ibc_geo.engine.checkpoint import load_checkpoint
+
+    assert load_config(os.path.join(out, "config.yaml")).seed == int(winner)
+    for name in ("last.pt", "best.pt"):
+        assert load_checkpoint(os.path.join(out, "checkpoints", name))["config"]["seed"] == int(winner)
+    assert not os.path.exists(os.path.join(out, ".lock"))  # released at the end
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over_with_a_warning(tiny_cfg, caplog):
+    cfg = tiny_cfg("train.epochs", "1")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    os.makedirs(cfg.output_dir)
+    with open(os.path.join(cfg.output_dir, ".lock"), "w") as f:
+        json.dump({"host": socket.gethostname(), "pid": dead.pid, "started": time.time()}, f)
+    with caplog.at_level(logging.WARNING, logger="ibc_geo"):
+        train(cfg)
+    assert f"pid {dead.pid} on host {socket.gethostname()}" in caplog.text and "no longer running" in caplog.text
+    assert not os.path.exists(os.path.join(cfg.output_dir, ".lock"))
+
+
+def test_the_lock_records_host_and_pid_and_goes_at_release(tmp_path):
+    lock = RunLock(tmp_path / "run").acquire()
+    with open(tmp_path / "run" / ".lock") as f:
+        record = json.load(f)
+    assert record["host"] == socket.gethostname() and record["pid"] == os.getpid()
+    lock.release()
+    assert os.listdir(tmp_path / "run") == []
+
+
+# 4. a refused start leaves the folder as it found it -----------------------------------------------
+
+def test_a_refused_start_writes_nothing(tiny_cfg):
+    cfg = tiny_cfg("sampler.classes_per_batch", "50")
+    from ibc_geo.data import DatasetError
+
+    with pytest.raises(DatasetError, match="sampler.classes_per_batch"):
+        train(cfg)
+    assert not os.path.exists(cfg.output_dir)  # not even the folder
+    # the corrected command is not refused
+    train(tiny_cfg("train.epochs", "1"))
+
+
+def test_a_refused_overwrite_keeps_the_earlier_run(tiny_cfg):
+    cfg = tiny_cfg("train.epochs", "1")
+    train(cfg)
+    before = hashes(cfg.output_dir)
+    from ibc_geo.data import DatasetError
+
+    with pytest.raises(DatasetError, match="sampler.classes_per_batch"):
+        train(tiny_cfg("train.epochs", "1", "train.overwrite", "true", "sampler.classes_per_batch", "50"))
+    assert hashes(cfg.output_dir) == before
