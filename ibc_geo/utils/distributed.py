@@ -39,7 +39,32 @@ def init_from_env(device: torch.device) -> bool:
     if not torch.distributed.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend)
+        watch_parent()
     return True
+
+
+def watch_parent(interval: float = 1.0) -> None:
+    """End this process (exit code 1, one line on stderr) within ``interval`` seconds of its parent's
+    death: a rank whose ``torchrun`` was killed (``kill -9`` leaves no chance to stop the ranks)
+    must not train on, still writing into the run folder. Checkpoints are written atomically, so
+    stopping at any moment leaves the last one intact."""
+    import sys
+    import threading
+    import time
+
+    parent = os.getppid()
+    if parent <= 1:
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                print(f"error: the launcher of this process (pid {parent}) is gone; rank "
+                      f"{os.environ.get('RANK', '?')} stops", file=sys.stderr, flush=True)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def local_device(device: torch.device) -> torch.device:

@@ -130,3 +130,41 @@ def test_a_refused_overwrite_keeps_the_earlier_run(tiny_cfg):
     with pytest.raises(DatasetError, match="sampler.classes_per_batch"):
         train(tiny_cfg("train.epochs", "1", "train.overwrite", "true", "sampler.classes_per_batch", "50"))
     assert hashes(cfg.output_dir) == before
+
+
+# 3. a rank whose launcher dies stops ----------------------------------------------------------------
+
+LAUNCHER = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; from ibc_geo.utils.distributed import "
+                          "watch_parent; watch_parent(0.2); print('watching', flush=True); time.sleep(120)"],
+                         stdout=subprocess.PIPE, text=True)
+assert child.stdout.readline().strip() == "watching"
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_rank_stops_when_its_launcher_is_killed():
+    import signal
+
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER], stdout=subprocess.PIPE, text=True)
+    child = int(launcher.stdout.readline())  # its watchdog runs
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+
+    def running(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+        except FileNotFoundError:
+            return False
+
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if not running(child):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the child outlived its launcher by 10 s")
