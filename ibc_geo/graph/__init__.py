@@ -18,6 +18,7 @@ name           edges ``j -> i``                                                 
 from ibc_geo.graph.registry import TOPOLOGIES
 from ibc_geo.graph.similarity import SIMILARITIES, pairwise_similarity
 from ibc_geo.graph.base import (
+    MPN_VARIANT_KEYS,
     Topology,
     build_topology,
     build_topology_from_config,
@@ -33,6 +34,7 @@ from ibc_geo.graph.random_graph import RandomTopology
 from ibc_geo.graph.same_class import SameClassTopology
 
 __all__ = [
+    "MPN_VARIANT_KEYS",
     "TOPOLOGIES",
     "SIMILARITIES",
     "pairwise_similarity",

@@ -305,7 +305,7 @@ def test_tensorboard_logs_losses_metrics_pictures_and_attention_statistics(tiny_
     for tag in ("loss/total", "loss/backbone", "loss/mpn", "lr", "selection_val/recall@1", "selection_val/map@r",
                 "selection_val/nmi", "test/recall@1", "attention/entropy_layer0", "attention/same_class_layer0",
                 "attention/entropy_layer0_uniform", "attention/same_class_layer0_uniform",
-                "attention/mass_on_nodes_layer0"):
+                "attention/mass_on_nodes_layer0", "attention/logit_std_layer0"):
         assert tag in scalars, tag
     # One step axis, the global iteration (2 epochs x 2 iterations): evaluations at 2 and 4.
     assert [e.step for e in acc.Scalars("loss/total")] == [1, 2, 3, 4]  # train.log_every 1
@@ -341,6 +341,15 @@ def test_tensorboard_logs_losses_metrics_pictures_and_attention_statistics(tiny_
     else:  # the fixed batch of the val split: 2 classes x 4 samples, uniform attention gives 4/8 = 0.5
         assert 0.0 < share < 1.0 and uniform_share == pytest.approx(0.5)
         assert 0.0 < entropy <= uniform_entropy + 1e-6 and uniform_entropy == pytest.approx(math.log(8))
+    # metrics.json keeps the selected model's attention on the same batch, the last values logged
+    # (2 iterations an epoch: the selected epoch e was logged at step 2e).
+    record = json.load(open(os.path.join(cfg.output_dir, "metrics.json")))["attention"][0]
+    logged = {name: {e.step: e.value for e in acc.Scalars(f"attention/{name}_layer0")}
+              for name in ("same_class", "entropy", "logit_std")}
+    step = 2 * json.load(open(os.path.join(cfg.output_dir, "metrics.json")))["selection"]["best_epoch"]
+    for name in ("same_class", "entropy", "logit_std"):
+        assert record[name] == pytest.approx(logged[name][step], rel=1e-5, abs=1e-7), name
+    assert record["logit_std"] >= 0.0 and set(record) >= {"entropy_uniform", "same_class_uniform", "mass_on_nodes"}
 
 
 def test_without_a_terminal_the_run_prints_a_summary_and_progress_lines(tmp_path):
