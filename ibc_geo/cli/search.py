@@ -102,6 +102,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from ibc_geo.retrieval.search import SearchIndex
 
     gallery = load_gallery(args.gallery)
+    changed = gallery.unit_norm()  # printed similarities are cosines whatever the file holds
+    if changed:
+        import logging
+
+        logging.getLogger("ibc_geo").warning(
+            "gallery %s: %d of %d embeddings are not L2-normalised; they are normalised here, so that the "
+            "similarities are cosines (tools/embed.py writes normalised embeddings)", args.gallery, changed,
+            len(gallery))
     n = len(gallery)
     if args.query:
         check_image_files(args.query, "query image")

@@ -86,9 +86,26 @@ class Gallery:
     def dim(self) -> int:
         return int(self.embeddings.shape[1])
 
+    def unit_norm(self, tolerance: float = 1e-3) -> int:
+        """L2-normalise rows whose norm is not 1 (within ``tolerance``), so that inner products are
+        cosines; returns how many rows changed. A zero row has no direction: :class:`GalleryError`.
+        :attr:`fingerprint` stays the file's (computed before)."""
+        self.fingerprint  # noqa: B018  (the file's, before any change)
+        norms = np.linalg.norm(self.embeddings, axis=1)
+        zero = np.flatnonzero(norms == 0)
+        if zero.size:
+            raise GalleryError(f"gallery {self.path}: {zero.size} embeddings are all zero (first at row {int(zero[0])}): "
+                               f"they have no direction, so no cosine similarity; expected L2-normalised embeddings "
+                               f"(tools/embed.py writes them)")
+        off = np.abs(norms - 1) > tolerance
+        if off.any():
+            self.embeddings = np.ascontiguousarray(self.embeddings / norms[:, None], dtype=np.float32)
+        return int(off.sum())
+
     @property
     def fingerprint(self) -> str:
-        """``embeddings_sha256``: stored by ``tools/embed.py``, computed for files from elsewhere."""
+        """``embeddings_sha256`` of the file's embeddings, recomputed by :func:`load_gallery` (and
+        checked against the stored one there)."""
         if not self.meta.get("embeddings_sha256"):
             self.meta["embeddings_sha256"] = embeddings_sha256(self.embeddings)
         return self.meta["embeddings_sha256"]
@@ -142,6 +159,14 @@ def load_gallery(path: str) -> Gallery:
     if mask is not None and (mask.shape != (n,) or mask.dtype != np.bool_):
         raise GalleryError(f"gallery {path}: 'query_mask' must be bool [{n}], got {mask.dtype} {mask.shape}")
     meta = {k: str(data[k]) for k in META_KEYS if k in data and data[k].ndim == 0}
+    computed = embeddings_sha256(emb)
+    stored = meta.get("embeddings_sha256")
+    if stored and stored != computed:
+        raise GalleryError(f"gallery {path}: its embeddings do not match the embeddings_sha256 stored with them "
+                           f"(stored {stored[:12]}..., computed {computed[:12]}...): the file was changed after "
+                           f"tools/embed.py wrote it, and an index saved for it would search other vectors; "
+                           f"embed again (tools/embed.py), or remove 'embeddings_sha256' from the file to use it as is")
+    meta["embeddings_sha256"] = computed  # the fingerprint is always recomputed, never only read
     return Gallery(path=path, embeddings=emb, paths=paths.astype(str), labels=labels,
                    class_names=None if class_names is None else class_names.astype(str), query_mask=mask, meta=meta)
 

@@ -84,6 +84,10 @@ class SearchIndex:
         self.factory = factory
         self.index = index
         self.fingerprint = fingerprint
+        if params and params.strip() and self.exact:
+            raise IndexMismatchError(f"search parameters {params!r} do not apply to exact search (--index {EXACT} or "
+                                     f"no --index), which has none: they would be ignored; drop --params, or give "
+                                     f"an approximate --index such as HNSW32 (efSearch) or IVF1024,Flat (nprobe)")
         self.params = params or default_params(factory)
         if index is not None and self.params and not self.exact:
             try:
