@@ -168,3 +168,15 @@ def test_a_rank_stops_when_its_launcher_is_killed():
     else:
         os.kill(child, signal.SIGKILL)
         raise AssertionError("the child outlived its launcher by 10 s")
+
+
+def test_overwrite_removes_the_projector_folders_of_the_earlier_run(tiny_cfg):
+    first = tiny_cfg("train.epochs", "1")
+    train(first)
+    steps = [d for d in os.listdir(first.output_dir) if d.isdigit()]
+    assert steps and os.path.isfile(os.path.join(first.output_dir, "projector_config.pbtxt"))
+    (open(os.path.join(first.output_dir, "notes.txt"), "w")).write("the user's")
+    train(tiny_cfg("train.epochs", "2", "train.overwrite", "true"))
+    now = [d for d in os.listdir(first.output_dir) if d.isdigit()]
+    assert len(now) == 1 and now != steps  # only the new run's step folder
+    assert os.path.isfile(os.path.join(first.output_dir, "notes.txt"))
