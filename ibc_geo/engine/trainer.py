@@ -43,6 +43,7 @@ from ibc_geo.nn.analysis import attention_statistics
 from ibc_geo.utils.errors import DivergedError, UserError
 from ibc_geo.utils.distributed import barrier, init_from_env, local_device, synchronize_batchnorm
 from ibc_geo.utils.run_dir import RunDir
+from ibc_geo.utils.io import check_writable_folder
 from ibc_geo.utils.run_lock import RunLock
 from ibc_geo.utils.runtime import progress_enabled, resolve_device, rng_state, seed_everything, set_rng_state
 
@@ -442,6 +443,7 @@ class Trainer:
         lock = RunLock(self.out)
         if self.writers.enabled:
             lock.check()
+            check_writable_folder(self.out)  # read-only, or a file in the way: said before the work
         resume = self._prepare_output_dir()
         seed_everything(cfg.seed)
         if cfg.deterministic:

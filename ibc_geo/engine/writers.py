@@ -11,7 +11,7 @@ import logging
 from datetime import datetime
 from typing import Any, Mapping, Optional
 
-from ibc_geo.utils.io import atomic_write_json
+from ibc_geo.utils.io import atomic_write_json, output_error
 from ibc_geo.utils.run_dir import RunDir
 from ibc_geo.utils.runtime import is_main_process
 
@@ -48,8 +48,11 @@ class RunWriters:
         if not self.enabled:
             return
         logger.info(text)
-        with open(self.run_dir.log, "a", encoding="utf-8") as f:
-            f.write(f"{datetime.now():%Y-%m-%d %H:%M:%S} {text}\n")
+        try:
+            with open(self.run_dir.log, "a", encoding="utf-8") as f:
+                f.write(f"{datetime.now():%Y-%m-%d %H:%M:%S} {text}\n")
+        except OSError as e:  # a full disk, a folder turned read-only: one line naming the file
+            raise output_error(self.run_dir.log, e) from None
 
     # ---------------------------------------------------------------------------- TensorBoard
     def scalar(self, tag: str, value: float, step: int) -> None:

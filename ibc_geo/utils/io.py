@@ -117,6 +117,23 @@ def check_output(path: str | os.PathLike, overwrite: bool = False, inputs: Itera
     return path
 
 
+def check_writable_folder(folder: str | os.PathLike, what: str = "output_dir") -> None:
+    """Refuse, creating nothing, a folder that could not be made or written: the nearest existing
+    one of ``folder`` and its parents must take a new file."""
+    folder = os.fspath(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise OutputError(f"cannot create {what} {folder}: a file of that name exists")
+    existing = folder if os.path.isdir(folder) else _existing_folder(folder)
+    if not os.path.isdir(existing):
+        raise OutputError(f"cannot create {what} {folder}: {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=existing)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise output_error(folder, e, f"cannot create {what}" if existing != folder else f"cannot write {what}") from None
+
+
 def check_distinct(outputs: Iterable[Optional[str]]) -> None:
     """Two outputs of one command may not be the same file."""
     seen: dict = {}

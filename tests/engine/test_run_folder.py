@@ -180,3 +180,14 @@ def test_overwrite_removes_the_projector_folders_of_the_earlier_run(tiny_cfg):
     now = [d for d in os.listdir(first.output_dir) if d.isdigit()]
     assert len(now) == 1 and now != steps  # only the new run's step folder
     assert os.path.isfile(os.path.join(first.output_dir, "notes.txt"))
+
+
+def test_an_unwritable_output_dir_is_one_line_naming_it(tmp_path, capsys):
+    from ibc_geo.cli import train as train_tool
+    from ibc_geo.cli.common import run
+
+    out = "/sys/ibc_geo_test_run"  # sysfs: no folder can be made there, even by root
+    assert run(train_tool.main, [*TINY, "train.epochs", "1", "output_dir", out]) == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot create output_dir {out}: " in err and "Traceback" not in err
+    assert "permission denied" in err or "operation not permitted" in err
