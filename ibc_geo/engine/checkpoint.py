@@ -26,6 +26,14 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+def checkpoint_bytes(model: torch.nn.Module, optimizer_states: int = 2) -> int:
+    """About the size of ``last.pt`` plus ``best.pt`` plus one temporary copy: the weights four times
+    and ``optimizer_states`` tensors per parameter (RAdam keeps two) twice."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return 4 * weights + 2 * optimizer_states * params + (1 << 20)
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):

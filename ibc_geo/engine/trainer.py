@@ -30,6 +30,7 @@ from ibc_geo.engine.retrieval_grid import draw_retrieval_grid
 from ibc_geo.engine.checkpoint import (
     RUNTIME_KEYS,
     CheckpointError,
+    checkpoint_bytes,
     config_differences,
     load_checkpoint,
     load_model_state,
@@ -43,7 +44,7 @@ from ibc_geo.nn.analysis import attention_statistics
 from ibc_geo.utils.errors import DivergedError, UserError
 from ibc_geo.utils.distributed import barrier, init_from_env, local_device, synchronize_batchnorm
 from ibc_geo.utils.run_dir import RunDir
-from ibc_geo.utils.io import check_writable_folder
+from ibc_geo.utils.io import check_free_space, check_writable_folder
 from ibc_geo.utils.run_lock import RunLock
 from ibc_geo.utils.runtime import progress_enabled, resolve_device, rng_state, seed_everything, set_rng_state
 
@@ -452,6 +453,8 @@ class Trainer:
         if resume is not None:
             self._restore(resume)
         self._loader()  # the sampler's checks: a refused start writes nothing into output_dir
+        if self.writers.enabled:  # room for the checkpoints, known now
+            check_free_space(self.out, checkpoint_bytes(self.model), "the checkpoints")
         if self.writers.enabled:
             lock.acquire()  # creates output_dir
         try:

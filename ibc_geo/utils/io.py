@@ -134,6 +134,17 @@ def check_writable_folder(folder: str | os.PathLike, what: str = "output_dir") -
         raise output_error(folder, e, f"cannot create {what}" if existing != folder else f"cannot write {what}") from None
 
 
+def check_free_space(folder: str | os.PathLike, size: int, what: str) -> None:
+    """Refuse, before the work, a folder (or its nearest existing parent) whose file system has
+    fewer than ``size`` bytes free for ``what``."""
+    folder = os.fspath(folder)
+    existing = folder if os.path.isdir(folder) else _existing_folder(folder)
+    free = _free_bytes(existing)
+    if free is not None and free < size:
+        raise OutputError(f"cannot write {folder}: no space left on device for {what} (about "
+                          f"{size / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free)")
+
+
 def check_distinct(outputs: Iterable[Optional[str]]) -> None:
     """Two outputs of one command may not be the same file."""
     seen: dict = {}

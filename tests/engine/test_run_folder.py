@@ -191,3 +191,16 @@ def test_an_unwritable_output_dir_is_one_line_naming_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"error: cannot create output_dir {out}: " in err and "Traceback" not in err
     assert "permission denied" in err or "operation not permitted" in err
+
+
+def test_too_little_space_for_the_checkpoints_is_said_before_the_work(tiny_cfg, monkeypatch):
+    import shutil
+
+    from ibc_geo.utils.io import OutputError
+
+    cfg = tiny_cfg("train.epochs", "1")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1 << 30, 1 << 30, 1 << 20))
+    with pytest.raises(OutputError, match=f"cannot write {cfg.output_dir}: no space left on device for the "
+                                          f"checkpoints"):
+        train(cfg)
+    assert not os.path.exists(cfg.output_dir)
