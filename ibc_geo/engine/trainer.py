@@ -102,6 +102,7 @@ class Trainer:
         exactly those files (:meth:`~ibc_geo.utils.run_dir.RunDir.remove_run_files`).
         """
         cfg, last = self.cfg, self.run_dir.last
+        self._seen = self._folder_state()  # compared again once the lock is held
         if cfg.train.resume and last.exists():
             state = load_checkpoint(last)
             diff = config_differences(state["config"], config_to_dict(cfg), RUNTIME_KEYS)
@@ -125,6 +126,26 @@ class Trainer:
             logger.info("train.resume: %s holds no run yet, starting afresh", self.out)
         self._earlier_run = found  # deleted by _remove_earlier_run, once every check has passed
         return None
+
+    def _folder_state(self) -> list:
+        """The run files here with their sizes and times: what the start was decided on."""
+        state = []
+        for p in self.run_dir.run_files():
+            try:
+                st = p.stat()
+            except FileNotFoundError:  # removed meanwhile (another run's overwrite)
+                continue
+            state.append((str(p), st.st_size, st.st_mtime_ns))
+        return state
+
+    def _check_unchanged(self) -> None:
+        """With the lock held: refuse when another run wrote here after this one looked (they
+        started together and the other finished first), instead of starting on a stale decision."""
+        if self._folder_state() != self._seen:
+            raise RunExistsError(
+                f"output_dir {self.out} was written by another run while this one was starting; look at "
+                f"what is there now, then start again (train.resume true to continue it, train.overwrite "
+                f"true to replace it, or another output_dir)")
 
     def _remove_earlier_run(self) -> None:
         """Starting afresh: nothing of an earlier run may leak in (a stale best.pt would be reloaded
@@ -458,6 +479,8 @@ class Trainer:
         if self.writers.enabled:
             lock.acquire()  # creates output_dir
         try:
+            if self.writers.enabled:
+                self._check_unchanged()
             self._remove_earlier_run()
             if self.writers.enabled:
                 save_config(cfg, self.run_dir.config)

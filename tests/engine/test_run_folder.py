@@ -204,3 +204,27 @@ def test_too_little_space_for_the_checkpoints_is_said_before_the_work(tiny_cfg, 
                                           f"checkpoints"):
         train(cfg)
     assert not os.path.exists(cfg.output_dir)
+
+
+def test_a_run_that_finished_while_this_one_was_starting_is_not_overwritten(tiny_cfg, monkeypatch):
+    # The other run held the lock, wrote its files and let go between this run's look at the folder
+    # and its taking the lock: the start is refused, and the other run's files stay.
+    import ibc_geo.engine.trainer as trainer_module
+    from ibc_geo.engine import RunExistsError
+
+    cfg = tiny_cfg("train.epochs", "1")
+    original = trainer_module.Trainer._loader
+    other = os.path.join(cfg.output_dir, "metrics.json")
+
+    def the_other_run_finishes(self):
+        if not os.path.exists(other):
+            os.makedirs(cfg.output_dir, exist_ok=True)
+            with open(other, "w") as f:
+                f.write('{"the other run": true}')
+        return original(self)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_loader", the_other_run_finishes)
+    with pytest.raises(RunExistsError, match="was written by another run while this one was starting"):
+        train(cfg)
+    assert open(other).read() == '{"the other run": true}'
+    assert sorted(os.listdir(cfg.output_dir)) == ["metrics.json"]
