@@ -62,7 +62,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     # --overwrite, a writable folder with room for the embeddings (twice: memory map and zip)
     size = 2 * 4 * len(paths) * int(cfg.model.embedding_dim) if paths is not None else 0
     check_output(args.out, overwrite=args.overwrite, size=size,
-                 inputs=[args.cfg, args.ckpt, args.images, *(paths or [])])
+                 inputs=[args.cfg, args.ckpt, args.images, *(paths or [])])  # images: by name
     embedder = load_embedder(cfg, args.ckpt, split=args.split or "test")
     if paths is not None:
         summary = embed_image_files(embedder, paths, args.out, f"images:{os.path.abspath(args.images)}",

@@ -85,12 +85,16 @@ def check_output(path: str | os.PathLike, overwrite: bool = False, inputs: Itera
     from ibc_geo.utils.run_dir import RunDir
 
     path = os.fspath(path)
-    for source in inputs:
-        if source and os.path.exists(source) and os.path.exists(path) and _same_file(path, source):
+    inputs = [os.fspath(source) for source in inputs if source]
+    exists = os.path.exists(path)
+    names = {os.path.abspath(path), os.path.realpath(path)}
+    for i, source in enumerate(inputs):
+        # every input by name (cheap, also for a million images); the first ones also through links
+        same = os.path.abspath(source) in names or (i < 16 and exists and os.path.exists(source)
+                                                      and _same_file(path, source))
+        if same:
             raise OutputError(f"refusing to write {path}: it is an input of this command ({source}); "
                               f"choose another output file")
-        if source and not os.path.exists(path) and os.path.abspath(path) == os.path.abspath(source):
-            raise OutputError(f"refusing to write {path}: it is an input of this command; choose another output file")
     owner = RunDir.owner_of(path)
     if owner is not None:
         raise OutputError(f"refusing to write {path}: it is one of the files of the training run in {owner.root} "
