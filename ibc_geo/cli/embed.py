@@ -1,7 +1,7 @@
 """``ibc-embed`` / ``python tools/embed.py``: the embeddings of a checkpoint, in one ``.npz``.
 
     python tools/embed.py --cfg RUN/config.yaml (--ckpt CKPT | --init) (--split SPLIT | --images DIR_OR_TXT)
-                          [--labels-from-folders] [--chunk-size N] --out E.npz [KEY VALUE ...]
+                          [--labels-from-folders] [--chunk-size N] --out E.npz [--overwrite] [KEY VALUE ...]
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``tools/eval.py``: metrics of a checkpoint, or of saved embeddings without any model.
 
-    python tools/eval.py --cfg CFG --ckpt CKPT [--split test|val] [--out PATH] [KEY VALUE ...]
+    python tools/eval.py --cfg CFG --ckpt CKPT [--split test|val] [--out PATH] [--overwrite] [KEY VALUE ...]
     python tools/eval.py --cfg CFG --init [--split test|val]      # the untrained / ImageNet baseline
     python tools/eval.py --embeddings E.npy --labels L.npy [--query-mask Q.npy]
                          [--recall-k 1 10 100 1000] [--out PATH] [--cfg CFG] [KEY VALUE ...]

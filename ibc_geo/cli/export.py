@@ -1,6 +1,6 @@
 """``ibc-export`` / ``python tools/export.py``: the test-time embedder as TorchScript or ONNX.
 
-    python tools/export.py --cfg RUN/config.yaml (--ckpt CKPT | --init) --format torchscript|onnx --out FILE [KEY VALUE ...]
+    python tools/export.py --cfg RUN/config.yaml (--ckpt CKPT | --init) --format torchscript|onnx --out FILE [--overwrite] [KEY VALUE ...]
 """
 from __future__ import annotations
 

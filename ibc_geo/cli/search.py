@@ -2,7 +2,7 @@
 
     python tools/search.py --gallery E.npz (--query IMG [IMG ...] --cfg RUN/config.yaml --ckpt CKPT | --query-ids I [I ...])
                            --k K [--index FACTORY] [--params P] [--save-index F | --load-index F]
-                           [--grid G.png] [--thumb PX] [--out R.json] [KEY VALUE ...]
+                           [--grid G.png] [--thumb PX] [--out R.json] [--overwrite] [KEY VALUE ...]
 """
 from __future__ import annotations
 
