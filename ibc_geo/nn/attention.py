@@ -40,6 +40,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import softmax
 
 from ibc_geo.nn.dense_attention import dense_attention, dense_plan, sink_softmax
+from ibc_geo.utils.tempdir import private_tempdir
 
 PATHS = ("auto", "dense", "sparse")
 #: How the attention logits are computed: the scaled dot product (the paper's) or Swin V2's cosine.
@@ -127,7 +128,8 @@ class IntraBatchAttention(MessagePassing):
                  attention_path: str = "auto", sink: bool = False, logits: str = "dot",
                  scale_init: float = 10.0, shared_qk_init: bool = False, **kwargs) -> None:
         kwargs.setdefault("aggr", "add")
-        super().__init__(node_dim=0, **kwargs)
+        with private_tempdir():  # PyG's generated propagate file goes to a folder removed at exit
+            super().__init__(node_dim=0, **kwargs)
         if heads < 1 or channels % heads:
             raise ValueError(f"heads = {heads} must be >= 1 and divide channels = {channels}")
         if attention_path not in PATHS:
