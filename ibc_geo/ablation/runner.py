@@ -129,16 +129,24 @@ def plan_ablation(
     root = ablation_root(base.output_dir, grid_file, "output_dir" in _override_keys(overrides))
     points = grid.points()
 
-    runs, invalid = [], {}
+    runs, invalid, same_config = [], {}, {}
     for seed in seeds:
         for point in points:
             run_dir = os.path.join(root, point.name, f"seed={seed}")
             run_overrides = point.overrides() + ["seed", str(seed), "output_dir", json.dumps(run_dir)]
             try:
-                cfg = load_config(cfg_file, overrides + run_overrides)
+                cfg = load_config(cfg_file, overrides, layers=[(point.overrides(), f"point {point.name!r} of {grid.source}"),
+                                                             (run_overrides[-4:], "the runner")])
                 check_point_effect(grid, point, cfg)
             except ConfigError as e:
                 invalid.setdefault(point.name, f"{e}")
+                continue
+            # Two points that build one config (e.g. train.lr 1e-3 and 0.001) would train it twice.
+            identity = json.dumps(config_to_dict(cfg) | {"output_dir": None}, sort_keys=True, default=str)
+            twin = same_config.setdefault((seed, identity), point.name)
+            if twin != point.name:
+                invalid.setdefault(point.name, f"builds the same config as point {twin!r}: its values are "
+                                               f"the same once read as config values; list one of them")
                 continue
             runs.append(Run(point, seed, run_dir, run_overrides, cfg, run_status(run_dir)))
     if invalid:

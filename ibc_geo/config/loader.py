@@ -257,14 +257,19 @@ def check_config(cfg: DictConfig) -> None:
         fail("model.pretrained", pre, "imagenet, none, or the path of an existing local state dict file")
 
 
-def load_config(cfg_file: str | None = None, overrides: Sequence[str] = (), check: bool = True) -> DictConfig:
-    """Defaults < ``cfg_file`` (with its ``_BASE_`` chain) < ``overrides``; checked, read-only."""
+def load_config(cfg_file: str | None = None, overrides: Sequence[str] = (), check: bool = True,
+                layers: Sequence[tuple] = ()) -> DictConfig:
+    """Defaults < ``cfg_file`` (with its ``_BASE_`` chain) < ``overrides`` < each ``(KEY VALUE list,
+    source)`` of ``layers`` (e.g. an ablation grid point, named as its source in errors); checked,
+    read-only."""
     cfg = default_config()
     if cfg_file is not None:
         for layer, source in _layers_of_file(cfg_file):
             cfg = _merge_layer(cfg, layer, source)
     if overrides:
         cfg = _merge_layer(cfg, parse_overrides(list(overrides)), COMMAND_LINE)
+    for pairs, source in layers:
+        cfg = _merge_layer(cfg, parse_overrides(list(pairs)), source)
     if check:
         check_config(cfg)
     OmegaConf.set_readonly(cfg, True)

@@ -93,3 +93,28 @@ def test_report_tabulates_each_layers_attention(tmp_path, base_cfg, yaml_file, f
     assert rows["topology=none"]["attention/layer0/same_class_mean"] == ""
     md = open(os.path.join(root, "results.md")).read()
     assert "same-class L0" in md and "chance L0" in md and "logit std L0" in md
+
+
+def test_two_values_that_read_as_one_config_value_are_refused(base_cfg, yaml_file, fake_train):
+    """YAML 1.1 reads 1e-3 as a string and 0.001 as a float: distinct grid values, one config."""
+    from ibc_geo.ablation import plan_ablation
+
+    grid = yaml_file("lr.yaml", {"grid": {"train.lr": ["1e-3", 0.001]}})
+    with pytest.raises(GridError) as info:
+        plan_ablation(base_cfg, grid)
+    assert "lr=0.001: builds the same config as point 'lr=1e-3'" in str(info.value)
+    train = fake_train()
+    with pytest.raises(GridError):
+        run_ablation(base_cfg, grid, train_fn=train)
+    assert train.calls == []
+
+
+def test_a_wrong_typed_grid_value_names_the_point_and_the_grid_file(base_cfg, yaml_file):
+    from ibc_geo.ablation import plan_ablation
+
+    grid = yaml_file("typ.yaml", {"grid": {"train.epochs": ["two"]}})
+    with pytest.raises(GridError) as info:
+        plan_ablation(base_cfg, grid)
+    message = str(info.value)
+    assert "in point 'epochs=two' of grid file" in message and "typ.yaml" in message
+    assert "command line" not in message
