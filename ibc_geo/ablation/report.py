@@ -38,8 +38,9 @@ TIME_COLUMN = "train_time_s"
 SELECTION_PREFIX = "best_"
 ATTENTION_PREFIX = "attention/"
 #: Attention statistics of ``metrics.json`` that become columns, with their Markdown names.
-ATTENTION_STATS = {"same_class": "same-class", "same_class_uniform": "chance", "entropy": "entropy",
-                   "entropy_uniform": "uniform", "logit_std": "logit std"}
+ATTENTION_STATS = {"same_class": "same-class", "same_class_uniform": "chance", "self": "on self",
+                   "entropy": "entropy", "entropy_uniform": "uniform", "logit_std": "logit std",
+                   "mass_on_nodes": "on nodes"}
 
 
 def read_metrics(run_dir: str) -> dict:

@@ -116,13 +116,19 @@ def attention_statistics(edge_index: Tensor, alpha: Tensor, y: Tensor, num_nodes
     r"""One layer's attention on one labelled graph, means over the nodes with incoming edges, next
     to what uniform attention over the same edges scores: ``entropy`` (nats) and
     ``entropy_uniform`` (:math:`\ln |\mathcal{N}(i)|`), ``same_class`` and ``same_class_uniform``
-    (chance: the same-class fraction of :math:`\mathcal{N}(i)`), ``logit_std``
+    (chance: the same-class fraction of :math:`\mathcal{N}(i)`; a self loop counts as same-class),
+    ``self`` and ``self_uniform`` (the share that stays on the node's own self loop, so that
+    ``same_class - self`` is what goes to *other* same-class nodes), ``logit_std``
     (:func:`attention_logit_std`; 0 for uniform) and ``mass_on_nodes`` (:func:`attention_mass`;
     below 1 with the sink). Plain floats, for logs and ``metrics.json``."""
     src, dst = edge_index[0], edge_index[1]
     degree = scatter(alpha.new_ones(dst.numel()).double(), dst, dim=0, dim_size=num_nodes, reduce="sum")
     same = scatter((y[src] == y[dst]).double(), dst, dim=0, dim_size=num_nodes, reduce="sum")
+    loops = scatter((src == dst).double(), dst, dim=0, dim_size=num_nodes, reduce="sum")
     has = degree > 0
+    over_nodes = _over_nodes(edge_index, _per_head(alpha), num_nodes)
+    on_self = scatter(over_nodes * (src == dst).to(alpha.dtype).unsqueeze(-1), dst, dim=0, dim_size=num_nodes,
+                      reduce="sum").mean(dim=-1)
 
     def mean(per_node: Tensor) -> float:
         return float(per_node.double()[has].mean())
@@ -132,6 +138,8 @@ def attention_statistics(edge_index: Tensor, alpha: Tensor, y: Tensor, num_nodes
         "entropy_uniform": float(degree[has].log().mean()),
         "same_class": mean(same_class_attention_share(edge_index, alpha, y)),
         "same_class_uniform": float((same[has] / degree[has]).mean()),
+        "self": mean(on_self),
+        "self_uniform": float((loops[has] / degree[has]).mean()),
         "logit_std": mean(attention_logit_std(edge_index, alpha, num_nodes)),
         "mass_on_nodes": mean(attention_mass(edge_index, alpha, num_nodes)),
     }

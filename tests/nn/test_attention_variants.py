@@ -258,3 +258,16 @@ def test_attention_statistics_of_uniform_attention_are_its_baselines():
     chance = (3 * 3 / 6 + 2 * 2 / 6 + 1 / 6) / 6
     assert stats["same_class"] == pytest.approx(chance) and stats["same_class_uniform"] == pytest.approx(chance)
     assert stats["logit_std"] == pytest.approx(0.0, abs=1e-12) and stats["mass_on_nodes"] == pytest.approx(1.0)
+    assert stats["self"] == pytest.approx(1 / 6) and stats["self_uniform"] == pytest.approx(1 / 6)
+
+
+def test_attention_statistics_tell_self_attention_from_attention_to_other_same_class_nodes():
+    """All attention on the self loop: same-class share 1, of which all on itself; with the sink
+    taking half, the shares over nodes are the same and the mass on nodes is 0.5."""
+    ei = full_graph(4)
+    y = torch.tensor([0, 0, 1, 1])
+    alpha = (ei[0] == ei[1]).double().unsqueeze(-1) * 0.5
+    stats = attention_statistics(ei, alpha, y, 4)
+    assert stats["same_class"] == pytest.approx(1.0) and stats["self"] == pytest.approx(1.0)
+    assert stats["same_class_uniform"] == pytest.approx(0.5) and stats["self_uniform"] == pytest.approx(0.25)
+    assert stats["mass_on_nodes"] == pytest.approx(0.5) and stats["entropy"] == pytest.approx(0.0, abs=1e-9)
