@@ -344,18 +344,7 @@ class Trainer:
         """One P x K batch of the selection split, drawn once (seeded): the same images at every
         evaluation, so that the pictures compare across epochs."""
         if self._picture_batch is None:
-            from ibc_geo.data import PKSampler
-
-            dataset = self._selection_set()
-            classes = len(set(dataset.labels.tolist()))
-            P = min(self.cfg.sampler.classes_per_batch, classes)
-            K = self.cfg.sampler.samples_per_class
-            if P < 2:
-                return None
-            batch = PKSampler(dataset.labels, P, K, seed=self.cfg.seed, epoch_length="cover").batches()[0]
-            items = [dataset[i] for i in batch]
-            self._picture_batch = (torch.stack([img for img, _, _ in items]),
-                                   torch.tensor([label for _, label, _ in items]))
+            self._picture_batch = fixed_batch(self.cfg, self._selection_set())
         return self._picture_batch
 
     def _embed_items(self, dataset, indices):
@@ -418,17 +407,12 @@ class Trainer:
         if fixed is None:
             return None
         images, labels = fixed[0].to(self.device), fixed[1].to(self.device)
-        was_training = self.model.training
-        self.model.eval()
-        with torch.no_grad():
-            out = self.model(images, labels, return_attention_weights=True)
-        self.model.train(was_training)
+        out, stats = measure_attention(self.model, images, labels)
         n = len(labels)
-        dense, stats = [], []
+        dense = []
         for layer, (edge_index, alpha) in enumerate(out.attention):
             dense.append(visualize.dense_attention(edge_index, alpha, n))
-            stats.append(attention_statistics(edge_index, alpha, labels, n))
-            for name, value in stats[-1].items():  # attention/entropy_layer0, attention/entropy_layer0_uniform
+            for name, value in stats[layer].items():  # attention/entropy_layer0, attention/entropy_layer0_uniform
                 base, uniform = (name[:-8], "_uniform") if name.endswith("_uniform") else (name, "")
                 writer.scalar(f"attention/{base}_layer{layer}{uniform}", value, self.global_step)
         figure = batch_figure(labels, visualize.cosine_matrix(out.embeddings),
@@ -613,6 +597,34 @@ class Trainer:
                     f"{self.run_dir.last} (epoch {self.epoch}, resumable) and {kept}; "
                     f"tensorboard --logdir {self.out}")
         return result
+
+
+def fixed_batch(cfg, dataset):
+    """``(images, labels)`` of one P x K batch of ``dataset`` (seeded by ``cfg.seed``; P capped at its
+    class count), or ``None`` below 2 classes: the batch of the TensorBoard pictures and of the
+    attention statistics in ``metrics.json``."""
+    from ibc_geo.data import PKSampler
+
+    classes = len(set(dataset.labels.tolist()))
+    P = min(cfg.sampler.classes_per_batch, classes)
+    if P < 2:
+        return None
+    batch = PKSampler(dataset.labels, P, cfg.sampler.samples_per_class, seed=cfg.seed, epoch_length="cover").batches()[0]
+    items = [dataset[i] for i in batch]
+    return torch.stack([img for img, _, _ in items]), torch.tensor([label for _, label, _ in items])
+
+
+def measure_attention(model, images: torch.Tensor, labels: torch.Tensor):
+    """``(output, stats)``: the model's forward pass on one labelled batch in eval mode (no
+    gradients; its mode restored after) with each MPN layer's attention, and per layer
+    :func:`~ibc_geo.nn.analysis.attention_statistics`."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(images, labels, return_attention_weights=True)
+    model.train(was_training)
+    n = len(labels)
+    return out, [attention_statistics(edge_index, alpha, labels, n) for edge_index, alpha in out.attention]
 
 
 def _hparams(cfg, topology) -> dict:
