@@ -4,9 +4,12 @@ training process (rank 0 under torchrun) for the whole run.
 The file records who holds it (host, pid, start time, command line), so that a second run into
 the same folder is refused naming the holder. The lock belongs to the open file, so the operating
 system releases it when the process dies however it dies (``kill -9`` included); a lock file left
-behind is then taken over with a warning. A lock file whose recorded process is gone on this
-host is taken over too, even while a child process (a DataLoader worker that outlived it) still
-holds the OS lock. The holder removes the file when the run ends.
+behind is then taken over with a warning. The OS lock alone decides whether a run holds the
+folder (never a pid test: pids are per namespace and per host): forked children (DataLoader
+workers) close their copy of the descriptor at fork, so a worker that outlives a killed run does
+not keep the folder locked. On a file system without ``flock`` (Lustre ``noflock``, some FUSE,
+CIFS or lockd-less NFS mounts) the run goes on with a warning that the guard is off. The holder
+removes the file when the run ends.
 """
 from __future__ import annotations
 
@@ -30,14 +33,38 @@ class RunLockedError(UserError, RuntimeError):
     """Another live process is writing the run folder."""
 
 
-def _pid_alive(pid: int) -> bool:
+#: Descriptors of the locks this process holds; a forked child closes its copies (closing a copy
+#: never unlocks: the lock lives until the holder's own descriptor closes).
+_HELD: set = set()
+
+
+def _close_in_child() -> None:
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
+
+
+def _flock(fd: int, path: Path) -> bool:
+    """Try the exclusive lock: True when taken, False when another open file holds it; a file
+    system without ``flock`` is warned about once and counts as taken (no guard there)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
-    return True
+    except BlockingIOError:
+        return False
+    except OSError as e:
+        if e.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF, errno.EINVAL):
+            logger.warning("%s: this file system does not support file locks (%s): the one-writer guard of "
+                           "the run folder is off", path, e.strerror)
+            return True
+        raise
 
 
 def _read(fd: int) -> dict:
@@ -72,11 +99,6 @@ class RunLock:
         self._fd: Optional[int] = None
 
     # ------------------------------------------------------------------------------------------
-    def _stale(self, record: dict) -> bool:
-        """A record of a process on this host that is no longer running."""
-        pid = record.get("pid")
-        return record.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid)
-
     def _refuse(self, record: dict) -> RunLockedError:
         return RunLockedError(
             f"output_dir {self.root} is being written by another training run ({_describe(record)}; lock file "
@@ -86,21 +108,23 @@ class RunLock:
     def check(self) -> None:
         """Refuse (:class:`RunLockedError`, naming the holder) when a live process holds the lock;
         creates nothing."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            return
-        except OSError:
+        fd = None
+        for flags in (os.O_RDWR, os.O_RDONLY):  # NFS's flock needs a descriptor open for writing
+            try:
+                fd = os.open(self.path, flags | os.O_CLOEXEC)
+                break
+            except FileNotFoundError:
+                return
+            except OSError:
+                continue
+        if fd is None:
             return  # unreadable: acquire() will say why
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                record = _read(fd)
-                if not self._stale(record):
-                    raise self._refuse(record) from None
-            else:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            if not _flock(fd, self.path):
+                raise self._refuse(_read(fd))
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:
+            pass  # acquire() decides and says why
         finally:
             os.close(fd)
 
@@ -119,19 +143,14 @@ class RunLock:
             except OSError as e:
                 raise output_error(self.path, e) from None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                taken = _flock(fd, self.path)
+            except OSError as e:
+                os.close(fd)
+                raise output_error(self.path, e, "cannot lock") from None
+            if not taken:
                 record = _read(fd)
                 os.close(fd)
-                if not self._stale(record):
-                    raise self._refuse(record) from None
-                logger.warning("output_dir %s: taking over the lock of %s, which is no longer running", self.root,
-                               _describe(record))
-                try:
-                    os.unlink(self.path)  # the next open creates a fresh file nobody holds
-                except FileNotFoundError:
-                    pass
-                continue
+                raise self._refuse(record)
             # the file may have been removed (released, or taken over) between open and flock
             try:
                 same = os.path.samestat(os.fstat(fd), os.stat(self.path))
@@ -155,6 +174,7 @@ class RunLock:
                 os.close(fd)
                 raise output_error(self.path, e) from None
             self._fd = fd
+            _HELD.add(fd)
             return self
         raise RunLockedError(f"cannot take the lock {self.path}: it keeps changing hands")
 
@@ -169,6 +189,7 @@ class RunLock:
             if e.errno != errno.ENOENT:
                 logger.warning("could not remove the lock file %s: %s", self.path, e)
         finally:
+            _HELD.discard(self._fd)
             os.close(self._fd)
             self._fd = None
 
