@@ -38,12 +38,13 @@ def init_from_env(device: torch.device) -> bool:
         return False
     if not torch.distributed.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
+        parent = os.getppid()  # before the rendezvous, which can wait long enough for a re-parenting
         torch.distributed.init_process_group(backend)
-        watch_parent()
+        watch_parent(parent=parent)
     return True
 
 
-def watch_parent(interval: float = 1.0) -> None:
+def watch_parent(interval: float = 1.0, parent: int | None = None) -> None:
     """End this process (exit code 1, one line on stderr) within ``interval`` seconds of its parent's
     death: a rank whose ``torchrun`` was killed (``kill -9`` leaves no chance to stop the ranks)
     must not train on, still writing into the run folder. Checkpoints are written atomically, so
@@ -52,17 +53,22 @@ def watch_parent(interval: float = 1.0) -> None:
     import threading
     import time
 
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else parent
     if parent <= 1:
         return
+
+    def stop_if_orphaned() -> None:
+        if os.getppid() != parent:
+            print(f"error: the launcher of this process (pid {parent}) is gone; rank "
+                  f"{os.environ.get('RANK', '?')} stops", file=sys.stderr, flush=True)
+            os._exit(1)
+
+    stop_if_orphaned()  # the launcher may have died during the rendezvous
 
     def watch() -> None:
         while True:
             time.sleep(interval)
-            if os.getppid() != parent:
-                print(f"error: the launcher of this process (pid {parent}) is gone; rank "
-                      f"{os.environ.get('RANK', '?')} stops", file=sys.stderr, flush=True)
-                os._exit(1)
+            stop_if_orphaned()
 
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 

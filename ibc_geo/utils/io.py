@@ -198,7 +198,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], overwrit
             except FileExistsError:
                 raise OutputError(f"refusing to replace {path}: it exists (pass {flag} to replace it)") from None
             except OSError as e:
-                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK):
                     raise
                 if os.path.lexists(path):  # a file system without hard links
                     raise OutputError(f"refusing to replace {path}: it exists (pass {flag} to replace it)") from None
