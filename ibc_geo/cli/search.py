@@ -70,6 +70,20 @@ def _check_arguments(parser: argparse.ArgumentParser, args) -> None:
         parser.error("--thumb must be positive")
 
 
+def gallery_image_paths(gallery: Optional[str]) -> list:
+    """The image paths a gallery stores (what ``--grid`` draws from), or none when it cannot be read
+    here (loading it later says why)."""
+    import numpy as np
+
+    if not gallery or not os.path.isfile(gallery):
+        return []
+    try:
+        with np.load(gallery, allow_pickle=False) as data:
+            return [str(p) for p in data["paths"]] if "paths" in data.files else []
+    except Exception:  # noqa: BLE001 - any unreadable gallery is reported by the real load
+        return []
+
+
 def check_outputs(args) -> None:
     """Every file this command would write, checked before any work: never one of its inputs (the
     gallery, a loaded index, the queries, the config, the checkpoint), nor a run's own file, nor an
@@ -77,7 +91,7 @@ def check_outputs(args) -> None:
     from ibc_geo.utils.io import check_distinct, check_output
 
     inputs = [args.gallery, args.load_index, args.load_index and args.load_index + ".json", args.cfg, args.ckpt,
-              *(args.query or [])]
+              *(args.query or []), *gallery_image_paths(args.gallery)]
     outputs = [args.out, args.grid, args.save_index, args.save_index and args.save_index + ".json"]
     check_distinct(outputs)
     for out in outputs:

@@ -25,6 +25,14 @@ from pathlib import Path
 from typing import List, Optional
 
 
+def _same_existing(a, b) -> bool:
+    """Both exist and are one file (a case-insensitive file system spells it otherwise)."""
+    try:
+        return os.path.samestat(os.stat(a), os.stat(b))
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class RunDir:
     """The paths of the run folder ``root``."""
@@ -123,7 +131,8 @@ class RunDir:
         for root in {real.parent, real.parent.parent, Path(os.path.abspath(path)).parent,
                      Path(os.path.abspath(path)).parent.parent}:
             run = cls(root)
-            if run.looks_like_run() and any(os.path.realpath(p) == str(real) for p in run.trainer_files()):
+            if run.looks_like_run() and any(os.path.realpath(p) == str(real) or _same_existing(p, real)
+                                            for p in run.trainer_files()):
                 return run
         return None
 

@@ -269,3 +269,13 @@ def test_embed_images_stores_absolute_paths_and_follows_no_link_loop(run_dir, tm
     assert all(os.path.isabs(p) for p in gallery.paths)
     assert sorted(os.path.realpath(p) for p in gallery.paths) == sorted(
         [os.path.realpath(images / "a" / "x.jpg"), os.path.realpath(images / "y.jpg")])
+
+
+def test_search_grid_onto_a_gallery_image_is_refused_even_with_overwrite(run_dir, tmp_path, capsys):
+    """The gallery's images are inputs of --grid: their stored paths are never written."""
+    g = run_dir["gallery"]
+    with np.load(g) as data:
+        image = str(data["paths"][2])
+    assert cli("search", "--gallery", g, "--query-ids", "0", "--k", "3", "--grid", image, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert f"refusing to write {image}: it is an input of this command" in err and "Traceback" not in err
