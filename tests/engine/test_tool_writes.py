@@ -96,16 +96,6 @@ def test_embed_onto_a_checkpoint_is_refused(run_dir, untouched, capsys):
         assert f"refusing to write {best}" in err and "Traceback" not in err
 
 
-def test_embed_never_replaces_an_existing_file_without_overwrite(run_dir, tmp_path, capsys):
-    target = tmp_path / "E.npz"
-    target.write_bytes(b"an older gallery")
-    before = sha(target)
-    args = ["--cfg", run_dir["cfg"], "--ckpt", run_dir["best"], "--split", "test", "--out", target]
-    assert cli("embed", *args) == 2
-    assert f"refusing to replace {target}" in capsys.readouterr().err and sha(target) == before
-    assert cli("embed", *args, "--overwrite") == 0 and sha(target) != before
-
-
 def test_export_onto_the_resumable_checkpoint_is_refused(run_dir, untouched, capsys):
     last = run_dir["last"]
     assert cli("export", "--cfg", run_dir["cfg"], "--ckpt", last, "--format", "torchscript", "--out", last,
@@ -114,15 +104,21 @@ def test_export_onto_the_resumable_checkpoint_is_refused(run_dir, untouched, cap
     assert f"refusing to write {last}" in err and "Traceback" not in err
 
 
-def test_export_never_replaces_an_existing_file_without_overwrite(run_dir, tmp_path, capsys):
-    target = tmp_path / "model.pt"
-    target.write_bytes(b"an older export")
+@pytest.mark.parametrize("tool, name, extra", [
+    ("embed", "E.npz", ["--split", "test"]),
+    ("export", "model.pt", ["--format", "torchscript"]),
+])
+def test_embed_and_export_never_replace_an_existing_file_without_overwrite(run_dir, tmp_path, capsys, tool, name,
+                                                                           extra):
+    target = tmp_path / name
+    target.write_bytes(b"an older file of the user's")
     before = sha(target)
-    args = ["--cfg", run_dir["cfg"], "--ckpt", run_dir["best"], "--format", "torchscript", "--out", target]
-    assert cli("export", *args) == 2
+    args = ["--cfg", run_dir["cfg"], "--ckpt", run_dir["best"], *extra, "--out", target]
+    assert cli(tool, *args) == 2
     assert f"refusing to replace {target}" in capsys.readouterr().err and sha(target) == before
-    assert not (tmp_path / "model.pt.json").exists()
-    assert cli("export", *args, "--overwrite") == 0 and sha(target) != before
+    assert not (tmp_path / f"{name}.json").exists()  # nothing written beside it either
+    assert cli(tool, *args, "--overwrite") == 0 and sha(target) != before
+
 
 
 # 2. evaluation never writes a run's metrics.json ---------------------------------------------------
