@@ -124,7 +124,7 @@ class RunLock:
                 raise self._refuse(_read(fd))
             fcntl.flock(fd, fcntl.LOCK_UN)
         except OSError:
-            pass  # acquire() decides and says why
+            return  # acquire() decides, and says why
         finally:
             os.close(fd)
 
