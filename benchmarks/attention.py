@@ -21,6 +21,7 @@ from ibc_geo.config import load_config
 from ibc_geo.data import build_dataset, build_transforms
 from ibc_geo.engine.checkpoint import load_checkpoint, load_model_state
 from ibc_geo.engine.trainer import fixed_batch, measure_attention
+from ibc_geo.graph import build_topology_from_config
 from ibc_geo.modeling import IntraBatchModel
 from ibc_geo.utils.run_dir import RunDir
 
@@ -31,7 +32,7 @@ def run_attention(run_dir: str, ckpt: str = "best") -> list | None:
     """Per layer the attention statistics of ``run_dir``'s checkpoint, or ``None`` without an MPN."""
     folder = RunDir(run_dir)
     cfg = load_config(str(folder.config), ["device", "cpu", "data.workers", "0"])
-    if not IntraBatchModel.from_config(cfg, 2, pretrained="none").mpn:
+    if not build_topology_from_config(cfg).message_passing:
         return None
     num_classes = build_dataset(cfg, "train", None).num_classes
     model = IntraBatchModel.from_config(cfg, num_classes, pretrained="none")
