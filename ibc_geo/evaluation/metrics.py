@@ -35,7 +35,7 @@ from typing import Dict, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequ
 import faiss
 import numpy as np
 
-from ibc_geo.evaluation.knn import as_float32_matrix, iter_knn, l2_normalize
+from ibc_geo.evaluation.knn import as_float32_matrix, l2_normalize
 
 __all__ = [
     "KMEANS_MAX_PAIRS",
@@ -402,7 +402,8 @@ def kmeans_assign(embeddings, num_clusters: int, iters: int = 300, redo: int = 1
 
 def evaluate_embeddings(embeddings, labels, recall_k: Sequence[int] = (1, 2, 4, 8),
                         query_mask=None, nmi: bool = True, kmeans_iters: int = 300, kmeans_redo: int = 10,
-                        seed: int = 0, chunk_size: int = 4096) -> dict:
+                        seed: int = 0, chunk_size: int = 4096, min_k: int = 0, return_retrieval: bool = False,
+                        database_embeddings=None):
     """All retrieval metrics of a test set from one exact search, plus NMI.
 
     Args:
@@ -417,14 +418,24 @@ def evaluate_embeddings(embeddings, labels, recall_k: Sequence[int] = (1, 2, 4, 
             (capped at large N x k: :func:`kmeans_restarts`) and seed; the defaults are those of
             ``eval.kmeans_iters``, ``eval.kmeans_redo`` and ``seed`` in the config schema.
         chunk_size: queries per search call; any value gives the same results.
+        min_k: keep at least this many neighbours per query in the retrieval result (for a
+            refinement or a picture that reads it; capped at what a query can retrieve).
+        return_retrieval: also return the :class:`~ibc_geo.evaluation.retrieval.RetrievalResult`
+            of the one search the metrics were computed from.
+        database_embeddings: [N, D], the items the queries search when they are not ``embeddings``
+            themselves (alpha query expansion: expanded queries, original database); L2-normalised.
 
     Returns:
         dict with ``recall@K`` for each K, ``map@r``, ``r_precision``, ``precision@1`` and
         ``nmi`` (when ``nmi``) as floats, and ``num_queries``, ``num_items``, ``num_classes``
-        as ints. Lone queries (no other item of their class to find) are misses for Recall@K
-        and are left out of precision@1, R-precision and MAP@R (module docstring).
+        as ints; with ``return_retrieval`` the pair ``(metrics, retrieval)``. Lone queries (no
+        other item of their class to find) are misses for Recall@K and are left out of
+        precision@1, R-precision and MAP@R (module docstring).
     """
+    from ibc_geo.evaluation.retrieval import required_k, retrieval_metrics, retrieve_split
+
     x = l2_normalize(embeddings)
+    db = None if database_embeddings is None else l2_normalize(database_embeddings)
     labels = _as_labels(labels)
     n = x.shape[0]
     if labels.shape[0] != n:
@@ -435,29 +446,13 @@ def evaluate_embeddings(embeddings, labels, recall_k: Sequence[int] = (1, 2, 4, 
     if not ks or ks[0] < 1:
         raise ValueError(f"recall_k must hold positive integers, got {list(recall_k)}")
     classes, codes = np.unique(labels, return_inverse=True)
-    codes = codes.astype(np.int32)
+    codes = codes.astype(np.int32).reshape(-1)
     num_classes = classes.shape[0]
-
-    if query_mask is None:
-        query_ids = None
-        q_codes, db_codes = codes, codes
-        num_relevant = np.bincount(codes, minlength=num_classes)[codes] - 1
-        queries, database, exclude_self = x, x, True
-    else:
-        mask = _as_labels(query_mask, "query_mask")
-        if mask.dtype != np.bool_ or mask.shape[0] != n:
-            raise ValueError(f"query_mask must be bool [N] = [{n}], got {mask.dtype} {mask.shape}")
-        query_ids = np.flatnonzero(mask)
-        gallery_ids = np.flatnonzero(~mask)
-        if query_ids.size == 0 or gallery_ids.size == 0:
-            raise ValueError(f"query_mask selects {query_ids.size} queries and "
-                             f"{gallery_ids.size} gallery items; both must be non-empty")
-        q_codes, db_codes = codes[query_ids], codes[gallery_ids]
-        num_relevant = np.bincount(db_codes, minlength=num_classes)[q_codes]
-        queries, database, exclude_self = x[query_ids], x[gallery_ids], False
-
-    num_queries = q_codes.shape[0]
-    available = database.shape[0] - int(exclude_self)
+    if query_mask is not None:
+        query_mask = _as_labels(query_mask, "query_mask")
+    k = max(required_k(ks, codes, query_mask), int(min_k))
+    retrieval = retrieve_split(x, k, query_mask=query_mask, chunk_size=chunk_size, database_embeddings=db)
+    available = retrieval.num_database - int(retrieval.exclude_self)
     if ks[-1] >= available:
         warnings.warn(f"Recall@{ks[-1]} with only {available} items to retrieve per query: every K >= "
                       f"{available} is trivially 1 (Recall@K is meaningful for K below the gallery size)",
@@ -465,29 +460,13 @@ def evaluate_embeddings(embeddings, labels, recall_k: Sequence[int] = (1, 2, 4, 
     if num_classes < 2:
         warnings.warn("the evaluation set holds a single class: every neighbour is a match, so Recall@K, "
                       "MAP@R and NMI say nothing about the embedding", UserWarning, stacklevel=2)
-    k = min(available, max(ks[-1], int(num_relevant.max())))
-    first = np.empty(num_queries, np.int32)
-    ap = np.empty(num_queries)
-    rp = np.empty(num_queries)
-    p1 = np.empty(num_queries, bool)
-    for start, _, ids in iter_knn(queries, database, k, exclude_self=exclude_self, chunk_size=chunk_size):
-        stop = start + ids.shape[0]
-        matches = db_codes[ids] == q_codes[start:stop, None]
-        first[start:stop] = first_match_rank(matches)
-        p1[start:stop] = matches[:, 0]
-        ap[start:stop], rp[start:stop] = average_precision_at_r(matches, num_relevant[start:stop])
-
-    not_lone = num_relevant > 0
-    out: Dict[str, float | int] = {f"recall@{kk}": float(np.mean(first < kk)) for kk in ks}
-    out["map@r"] = _nanmean(ap)
-    out["r_precision"] = _nanmean(rp)
-    out["precision@1"] = float(p1[not_lone].mean()) if not_lone.any() else math.nan
+    out: Dict[str, float | int] = retrieval_metrics(retrieval, codes, ks, chunk_size=chunk_size)
     if nmi:
         out["nmi"] = nmi_score(codes, kmeans_assign(x, num_classes, iters=kmeans_iters, redo=kmeans_redo, seed=seed))
-    out["num_queries"] = int(num_queries)
+    out["num_queries"] = int(retrieval.num_queries)
     out["num_items"] = int(n)
     out["num_classes"] = int(num_classes)
-    return out
+    return (out, retrieval) if return_retrieval else out
 
 
 #: The fraction metrics of :func:`evaluate_embeddings` besides ``recall@K``, in table order.
