@@ -232,6 +232,12 @@ def check_config(cfg: DictConfig) -> None:
     metrics = metric_names(cfg.eval.recall_k, nmi=cfg.eval.nmi)
     if cfg.eval.metric not in metrics:
         fail("eval.metric", cfg.eval.metric, f"allowed: {', '.join(metrics)}")
+    from ibc_geo.evaluation.refine import Refinement, RefinementError
+
+    try:  # the refinement knows its keys and their ranges
+        Refinement.from_config(cfg)
+    except RefinementError as e:
+        raise ConfigError(f"bad refinement config: {e}") from None
     vc = cfg.data.val_classes
     if vc < 0 or (vc >= 1 and vc != int(vc)):
         fail("data.val_classes", vc, "a fraction in [0, 1) or a whole number of classes")

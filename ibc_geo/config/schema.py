@@ -23,6 +23,8 @@ CHOICES = {
     "data.on_corrupt": ["skip", "error"],
     "sampler.epoch_length": ["official", "cover"],
     "eval.on_corrupt": ["error", "drop"],
+    "eval.refine": ["none", "dba", "aqe", "mpn"],
+    "eval.refine_neighbours": ["knn", "reciprocal"],
 }
 
 
@@ -123,6 +125,14 @@ class EvalConfig:
     kmeans_redo: int = 10  # k-means restarts (k-means++ seeding each), the best inertia kept (scikit-learn: 10)
     chunk_size: int = 4096  # queries per chunk of the exact faiss search (bounds memory)
     on_corrupt: str = "error"  # unreadable val/test image: error (name it) | drop (leave it out, recorded in metrics.json)
+    # Test-time refinement, reported beside the backbone-only metrics (never the headline, never for selection):
+    refine: str = "none"  # none | dba (mean of neighbours) | aqe (alpha query expansion) | mpn (official test-time MPN)
+    refine_k: int = 8  # items per group, the item itself included (>= 2, below the gallery size)
+    refine_alpha: float = 3.0  # aqe: neighbour weights cos^alpha
+    refine_neighbours: str = "knn"  # knn (nearest) | reciprocal (the official k-reciprocal rule, k1 / k2 below)
+    refine_k1: int = 30  # reciprocal: forward-list length (official 30)
+    refine_k2: int = 15  # reciprocal: the candidates' list length (official round(k1 / 2))
+    refine_batch_nodes: int = 8192  # mpn: graph nodes (groups x refine_k) per forward pass
 
 
 @dataclass

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 GREEN = (0, 170, 0)
 RED = (220, 30, 30)
@@ -36,18 +36,26 @@ EMPTY = (235, 235, 235)
 QUERY_GAPS = 3
 
 
-def grid_size(num_queries: int, k: int, thumb: int = 96, border: int = 4, gap: int = 4) -> Tuple[int, int]:
-    """``(width, height)`` of :func:`draw_retrieval_grid`'s picture."""
+#: Pixels of one caption line (Pillow's default bitmap font).
+CAPTION_LINE = 11
+
+
+def grid_size(num_queries: int, k: int, thumb: int = 96, border: int = 4, gap: int = 4,
+              caption: int = 0) -> Tuple[int, int]:
+    """``(width, height)`` of :func:`draw_retrieval_grid`'s picture; ``caption``: the height of the
+    text strip under each cell (0 without captions)."""
     cell = thumb + 2 * border
-    return (k + 1) * cell + (k + 1 + QUERY_GAPS) * gap, num_queries * cell + (num_queries + 1) * gap
+    return (k + 1) * cell + (k + 1 + QUERY_GAPS) * gap, num_queries * (cell + caption) + (num_queries + 1) * gap
 
 
-def cell_box(row: int, column: int, thumb: int = 96, border: int = 4, gap: int = 4) -> Tuple[int, int, int, int]:
+def cell_box(row: int, column: int, thumb: int = 96, border: int = 4, gap: int = 4,
+             caption: int = 0) -> Tuple[int, int, int, int]:
     """``(left, top, right, bottom)`` (right and bottom exclusive) of the framed cell of query
-    ``row``; ``column`` 0 is the query, ``1..k`` its neighbours in rank order."""
+    ``row``; ``column`` 0 is the query, ``1..k`` its neighbours in rank order. Its caption, if any,
+    lies in the ``caption`` pixels below it."""
     cell = thumb + 2 * border
     left = gap if column == 0 else gap + cell + QUERY_GAPS * gap + (column - 1) * (cell + gap)
-    top = gap + row * (cell + gap)
+    top = gap + row * (cell + caption + gap)
     return left, top, left + cell, top + cell
 
 
@@ -94,7 +102,7 @@ def thumbnail(image: Image.Image, thumb: int) -> Image.Image:
 def draw_retrieval_grid(query_images: Sequence, neighbour_images: Sequence[Sequence], correct=None,
                         thumb: int = 96, border: int = 4, gap: int = 4,
                         mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                        as_array: bool = False):
+                        as_array: bool = False, captions: Optional[Sequence[Sequence[str]]] = None):
     """Draw each query with its neighbours (layout and colours: the module docstring).
 
     Args:
@@ -108,6 +116,8 @@ def draw_retrieval_grid(query_images: Sequence, neighbour_images: Sequence[Seque
         mean, std: undo this normalisation of float images first (e.g. ``cfg.data.mean``/``std``).
         as_array: return an ``H x W x 3`` uint8 numpy array (TensorBoard's ``HWC``) instead of a
             PIL image.
+        captions: optional ``Q`` rows of ``k + 1`` texts (the query's, then each neighbour's, e.g.
+            its rank, cosine and class), drawn under the cells; ``"\n"`` separates lines.
 
     Returns:
         The picture, :func:`grid_size` big: an RGB ``PIL.Image`` (or numpy array with ``as_array``).
@@ -126,10 +136,18 @@ def draw_retrieval_grid(query_images: Sequence, neighbour_images: Sequence[Seque
         correct = np.asarray(correct, dtype=np.bool_)
         if correct.shape != (q, k):
             raise ValueError(f"correct must be a [{q}, {k}] bool matrix, got shape {correct.shape}")
-    canvas = Image.new("RGB", grid_size(q, k, thumb, border, gap), BACKGROUND)
+    caption = 0
+    if captions is not None:
+        if len(captions) != q or any(len(row) != k + 1 for row in captions):
+            raise ValueError(f"captions must be {q} rows of {k + 1} texts (the query, then its {k} neighbours)")
+        caption = CAPTION_LINE * max(str(t).count("\n") + 1 for row in captions for t in row) + 2
+    canvas = Image.new("RGB", grid_size(q, k, thumb, border, gap, caption), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
 
     def put(row: int, column: int, image, colour) -> None:
-        left, top, right, bottom = cell_box(row, column, thumb, border, gap)
+        left, top, right, bottom = cell_box(row, column, thumb, border, gap, caption)
+        if captions is not None:
+            draw.multiline_text((left, bottom + 1), str(captions[row][column]), fill=(0, 0, 0), spacing=1)
         if image is None:
             canvas.paste(EMPTY, (left, top, right, bottom))
             return

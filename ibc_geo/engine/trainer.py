@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
 import time
 from contextlib import nullcontext
 from datetime import timedelta
@@ -22,7 +21,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ibc_geo.config import config_to_dict, save_config
+from ibc_geo.config import ConfigError, config_to_dict, save_config
 from ibc_geo.data import build_dataset, build_eval_loader, build_train_loader, build_transforms
 from ibc_geo.engine import visualize
 from ibc_geo.engine.figures import batch_figure
@@ -36,7 +35,7 @@ from ibc_geo.engine.checkpoint import (
     load_model_state,
     save_checkpoint,
 )
-from ibc_geo.engine.evaluator import amp_dtype, evaluate_model
+from ibc_geo.engine.evaluator import Evaluation, amp_dtype, run_evaluation
 from ibc_geo.engine.writers import RunWriters
 from ibc_geo.evaluation import extract_embeddings, is_fraction_metric
 from ibc_geo.modeling import IntraBatchLoss, IntraBatchModel
@@ -86,7 +85,7 @@ class Trainer:
         self.train_time = 0.0
         self._selection_dataset = None
         self._picture_batch = None  # one fixed P x K batch of the selection split, drawn once
-        self._retrieval_items = None  # fixed items of the selection split for the retrieval picture
+        self._retrieval_queries = None  # dataset indices of the retrieval picture's fixed queries
         self.global_step = 0  # training iterations done: the one step axis of every TensorBoard scalar
         self._train_loader = None  # (DataLoader, PKSampler), built at the first epoch
         self._ddp = None  # the DistributedDataParallel wrapper of self.model, under torchrun
@@ -353,32 +352,24 @@ class Trainer:
         embeddings, _ = extract_embeddings(self.model, loader, self.device, amp_dtype=self.amp_dtype)
         return torch.from_numpy(embeddings)
 
-    def _log_retrieval_picture(self, writer: RunWriters, epoch: int, queries: int = 8, k: int = 8,
-                               gallery: int = 512) -> None:
-        """The paper's figure at each evaluation: 8 fixed queries of the selection split, each with its
-        top-8 neighbours among ``gallery`` fixed items of that split (itself excluded), framed green
-        where the class matches and red where not."""
-        if not writer.enabled:
+    def _log_retrieval_picture(self, writer: RunWriters, evaluation: Evaluation, queries: int = 8, k: int = 8) -> None:
+        """The paper's figure at each evaluation: 8 fixed queries of the selection split with their
+        top-8 neighbours in the whole split, read from the evaluation's own retrieval result (so the
+        frames, green where the class matches and red where not, are the metrics' matches), each
+        captioned with its rank, cosine and class."""
+        if not writer.enabled or evaluation.retrieval is None:
             return
         dataset = self._selection_set()
-        if self._retrieval_items is None:
-            rng = np.random.default_rng([self.cfg.seed, 3])
-            items = np.sort(rng.choice(len(dataset), min(gallery, len(dataset)), replace=False))
-            labels = dataset.labels[items]
-            first = [int(np.flatnonzero(labels == c)[0]) for c in rng.permutation(np.unique(labels))[:queries]]
-            self._retrieval_items = (items, np.array(first))
-        items, query_rows = self._retrieval_items
-        if len(items) <= k:
+        if self._retrieval_queries is None:
+            self._retrieval_queries = visualize.picture_queries(evaluation, queries, seed=self.cfg.seed)
+        rows = visualize.retrieval_picture(evaluation, self._retrieval_queries, k, class_names=dataset.class_ids)
+        if rows is None:
             return
-        emb = self._embed_items(dataset, items)
-        sim = emb[query_rows] @ emb.t()
-        sim[torch.arange(len(query_rows)), torch.as_tensor(query_rows)] = -float("inf")  # not itself
-        nearest = sim.topk(k, dim=1).indices.numpy()
-        labels = dataset.labels[items]
-        image = lambda row: dataset[int(items[row])][0]  # noqa: E731  (the evaluation transform)
-        picture = draw_retrieval_grid([image(q) for q in query_rows], [[image(n) for n in row] for row in nearest],
-                                      labels[nearest] == labels[query_rows][:, None], thumb=64,
-                                      mean=self.cfg.data.mean, std=self.cfg.data.std)
+        query_ids, neighbour_ids, correct, captions = rows
+        image = lambda i: dataset[int(i)][0]  # noqa: E731  (the evaluation transform)
+        picture = draw_retrieval_grid([image(q) for q in query_ids], [[image(n) for n in row] for row in neighbour_ids],
+                                      correct, thumb=64, mean=self.cfg.data.mean, std=self.cfg.data.std,
+                                      captions=captions)
         writer.image("retrieval/top8", np.asarray(picture), self.global_step, dataformats="HWC")
 
     def _log_projector(self, writer: RunWriters, test_set, limit: int = 2000) -> None:
@@ -422,13 +413,14 @@ class Trainer:
 
     def _evaluate(self, epoch: int, writer: RunWriters) -> dict:
         cfg = self.cfg
-        metrics = evaluate_model(cfg, self.model, self._selection_set(), self.device)
+        evaluation = run_evaluation(cfg, self.model, self._selection_set(), self.device, keep_k=8)
+        metrics = evaluation.metrics
         split = cfg.eval.selection
         for key, value in metrics.items():
             if is_fraction_metric(key):  # per evaluation; the final test metrics go to test/ once
                 writer.scalar(f"selection_{split}/{key}", value, self.global_step)
         attention = self._log_batch_pictures(writer, epoch)
-        self._log_retrieval_picture(writer, epoch)
+        self._log_retrieval_picture(writer, evaluation)
         self.history.append({"epoch": epoch, **metrics})
         if attention is not None:
             self.history[-1]["attention"] = attention
@@ -455,6 +447,9 @@ class Trainer:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self._build(resume)
+        if cfg.eval.refine == "mpn" and self.model.mpn is None:
+            raise ConfigError(f"bad value for config key 'eval.refine': 'mpn'; the test-time MPN needs a trained MPN "
+                              f"and graph.topology {cfg.graph.topology!r} has none: use dba or aqe")
         if resume is not None:
             self._restore(resume)
         self._loader()  # the sampler's checks: a refused start writes nothing into output_dir
@@ -551,14 +546,17 @@ class Trainer:
         cfg = self.cfg
         barrier()
         best = self.run_dir.best
-        if cfg.eval.selection == "test" and self.best is not None and self.best.get("metrics"):
+        refined = None
+        if cfg.eval.selection == "test" and self.best is not None and self.best.get("metrics") \
+                and cfg.eval.refine == "none":
             # Selected on the test split: best.pt's test metrics are already known, exactly.
             test = dict(self.best["metrics"])
         else:
             if best.exists():
                 load_model_state(self.model, load_checkpoint(best)["model"], str(best))
             test_set = build_dataset(cfg, "test", build_transforms(cfg, train=False))
-            test = evaluate_model(cfg, self.model, test_set, self.device)
+            evaluation = run_evaluation(cfg, self.model, test_set, self.device, refine=True)
+            test, refined = evaluation.metrics, evaluation.refined
         if writer.enabled:  # the projector shows the selected model's test embeddings
             if cfg.eval.selection == "test":
                 if best.exists():
@@ -568,6 +566,10 @@ class Trainer:
         for key, value in test.items():
             if is_fraction_metric(key):
                 writer.scalar(f"test/{key}", value, self.global_step)
+        if refined is not None:  # beside the headline, never instead of it
+            for key, value in refined["metrics"].items():
+                if is_fraction_metric(key):
+                    writer.scalar(f"test/refined/{key}", value, self.global_step)
         result = {
             "dataset": cfg.data.name,
             "epochs": self.epoch,
@@ -581,6 +583,8 @@ class Trainer:
                 "history": self.history,
             },
         }
+        if refined is not None:
+            result["refined"] = refined
         if self.best is not None and "attention" in self.best:
             # The selected model's attention on the fixed selection batch, per layer (nn.analysis).
             result["attention"] = self.best["attention"]
@@ -592,6 +596,11 @@ class Trainer:
         )
         writer.line("test | " + " | ".join(f"{k} {100 * v:.2f}%" for k, v in test.items()
                                            if is_fraction_metric(k)))
+        if refined is not None:
+            writer.line(f"test refined ({cfg.eval.refine}: "
+                        + ", ".join(f"{k} {v}" for k, v in refined["refinement"].items() if k != "method") + ") | "
+                        + " | ".join(f"{k} {100 * v:.2f}%" for k, v in refined["metrics"].items()
+                                     if is_fraction_metric(k)))
         kept = f"{self.run_dir.best} (epoch {self.best['epoch']})" if self.best else "no best.pt"
         writer.line(f"done in {_duration(self.train_time)}: test metrics in {self.run_dir.metrics}; checkpoints "
                     f"{self.run_dir.last} (epoch {self.epoch}, resumable) and {kept}; "

@@ -16,7 +16,8 @@ __all__ = ["extract_embeddings"]
 
 
 def extract_embeddings(model: torch.nn.Module, loader, device: Union[str, torch.device],
-                       amp_dtype: Union[None, str, torch.dtype] = None) -> Tuple[np.ndarray, np.ndarray]:
+                       amp_dtype: Union[None, str, torch.dtype] = None,
+                       normalize: bool = True) -> Tuple[np.ndarray, np.ndarray]:
     """Run ``model.embed`` over ``loader`` in eval mode without gradients.
 
     Args:
@@ -24,9 +25,11 @@ def extract_embeddings(model: torch.nn.Module, loader, device: Union[str, torch.
         loader: yields ``(images, labels, indices)``; ``indices`` are dataset indices.
         device: where the images go (the model is expected to be there already).
         amp_dtype: autocast dtype (``"bfloat16"``, ``"float16"`` or a torch dtype); None = off.
+        normalize: L2-normalise each embedding (False: the raw backbone features, which the
+            test-time MPN refines).
 
     Returns:
-        ``(embeddings float32 [N, D] L2-normalised, labels int64 [N])`` in increasing dataset
+        ``(embeddings float32 [N, D] L2-normalised unless ``normalize`` is False, labels int64 [N])`` in increasing dataset
         index order. The model's train/eval mode is restored afterwards. A NaN or infinite
         embedding (a diverged model) raises :class:`~ibc_geo.utils.errors.DivergedError`.
     """
@@ -42,7 +45,8 @@ def extract_embeddings(model: torch.nn.Module, loader, device: Union[str, torch.
                 images = images.to(device, non_blocking=True)
                 with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
                     emb = model.embed(images)
-                feats.append(F.normalize(emb.float(), dim=1).cpu())
+                emb = emb.float()
+                feats.append((F.normalize(emb, dim=1) if normalize else emb).cpu())
                 labs.append(torch.as_tensor(labels).reshape(-1).cpu())
                 idxs.append(torch.as_tensor(indices).reshape(-1).cpu())
     finally:

@@ -38,7 +38,7 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 
 from ibc_geo.evaluation.knn import l2_normalize
-from ibc_geo.evaluation.retrieval import RetrievalResult, retrieve, split_layout
+from ibc_geo.evaluation.retrieval import RetrievalResult, retrieve
 from ibc_geo.utils.errors import UserError
 
 __all__ = ["METHODS", "NEIGHBOURS", "Refinement", "RefinementError", "aqe", "dba", "knn_groups",
@@ -332,3 +332,25 @@ def refine_embeddings(embeddings: np.ndarray, retrieval: RetrievalResult, refine
     out[items] = rows
     return out
 
+
+
+def evaluate_refined(embeddings: np.ndarray, labels, retrieval: RetrievalResult, refinement: Refinement,
+                     query_mask=None, run_mpn=None, **metric_options) -> dict:
+    """``{"refinement": params, "metrics": ..., "seconds": ...}``: the metrics of the refined embeddings.
+
+    The refined queries search the refined database (``dba``, ``mpn``) or the original one (``aqe``)
+    with :func:`~ibc_geo.evaluation.metrics.evaluate_embeddings` and ``metric_options``;
+    ``seconds`` is the refinement's own time (groups and new embeddings), not the new search's.
+    """
+    import time
+
+    from ibc_geo.evaluation.metrics import evaluate_embeddings
+
+    start = time.perf_counter()
+    refined = refine_embeddings(embeddings, retrieval, refinement, query_mask, run_mpn=run_mpn,
+                                chunk_size=metric_options.get("chunk_size", 4096))
+    seconds = time.perf_counter() - start
+    database = None if refinement.refines_database else l2_normalize(embeddings)
+    metrics = evaluate_embeddings(refined, labels, query_mask=query_mask, database_embeddings=database,
+                                  **metric_options)
+    return {"refinement": refinement.params(), "metrics": metrics, "seconds": seconds}

@@ -322,14 +322,13 @@ def test_tensorboard_logs_losses_metrics_pictures_and_attention_statistics(tiny_
     import io
 
     assert Image.open(io.BytesIO(pictures[0].encoded_image_string)).mode in ("RGB", "RGBA")
-    # The retrieval picture (8 queries x top-8, green / red frames) at each evaluation, and the
-    # embedding projector of the test split at the end.
-    from ibc_geo.engine.retrieval_grid import grid_size
+    # The retrieval picture (8 queries of the whole split x top-8, green / red frames, two caption
+    # lines: rank and cosine, class) at each evaluation, and the embedding projector of the test split.
+    from ibc_geo.engine.retrieval_grid import CAPTION_LINE, grid_size
 
     retrieval = acc.Images("retrieval/top8")
-    queries = 2  # the val split of the tiny run holds 2 classes: one query per class
     assert [p.step for p in retrieval] == [2, 4]
-    assert (retrieval[0].width, retrieval[0].height) == grid_size(queries, 8, thumb=64)
+    assert (retrieval[0].width, retrieval[0].height) == grid_size(8, 8, thumb=64, caption=2 * CAPTION_LINE + 2)
     projector = os.path.join(cfg.output_dir, "projector_config.pbtxt")
     assert os.path.exists(projector) and "test_embeddings" in open(projector).read()
     share = acc.Scalars("attention/same_class_layer0")[-1].value
