@@ -1,6 +1,6 @@
 """``tools/eval.py``: metrics of a checkpoint, or of saved embeddings without any model.
 
-    python tools/eval.py --cfg CFG --ckpt CKPT [--split test|val] [--out PATH] [--overwrite] [KEY VALUE ...]
+    python tools/eval.py --cfg CFG --ckpt CKPT [--split test|val] [--refine dba|aqe|mpn] [--out PATH] [--overwrite] [KEY VALUE ...]
     python tools/eval.py --cfg CFG --init [--split test|val]      # the untrained / ImageNet baseline
     python tools/eval.py --embeddings E.npy --labels L.npy [--query-mask Q.npy]
                          [--recall-k 1 10 100 1000] [--out PATH] [--cfg CFG] [KEY VALUE ...]
@@ -9,7 +9,8 @@ Prints a table and writes JSON (``--out``; default ``metrics_<split>.json`` (``m
 for ``--init``) in the folder of the run's ``--cfg RUN/config.yaml``, or in ``output_dir`` for
 another config; ``metrics_<E>.json`` beside ``E.npy`` for embeddings) holding the metric keys of
 :func:`ibc_geo.evaluation.evaluate_embeddings` plus ``dataset``, ``split``, ``num_items`` and
-``num_classes``. NaN metrics (e.g. MAP@R when every query is lone) are written as ``null``.
+``num_classes``; with ``--refine`` (or ``eval.refine``) also ``refined``: the refinement's parameters, the
+metrics of the refined embeddings and the refinement's seconds, printed as a second table. NaN metrics (e.g. MAP@R when every query is lone) are written as ``null``.
 A missing input file or a bad config exits with code 2 and a one-line message
 (:class:`EvalInputError`, a :class:`~ibc_geo.utils.errors.UserError`). The output is checked before
 any metric is computed: an existing file is replaced only with ``--overwrite``, and a run's own
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query-mask", metavar="Q.npy", help="[N] bool, True = query, False = gallery (In-Shop)")
     p.add_argument("--split", choices=["test", "val"], default=None, help="split of --ckpt (default test)")
     p.add_argument("--recall-k", type=int, nargs="+", metavar="K", help="Ks of Recall@K (default cfg.eval.recall_k)")
+    p.add_argument("--refine", choices=["none", "dba", "aqe", "mpn"], default=None,
+                   help="also report the metrics after test-time refinement (eval.refine; its parameters are the "
+                        "eval.refine_* keys, e.g. eval.refine_k 8); the backbone-only metrics stay the headline")
     p.add_argument("--out", metavar="PATH", help="metrics JSON to write")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out (never a run's own metrics.json, nor an input of this command)")
@@ -104,10 +108,21 @@ def _evaluate_saved(args, cfg, explicit_cfg: bool) -> tuple[dict, Optional[str]]
                           f"got {mask.dtype} {mask.shape}")
     recall_k = args.recall_k or list(cfg.eval.recall_k)
     warn_degenerate(emb, args.embeddings)
+    from ibc_geo.evaluation.refine import Refinement, RefinementError, evaluate_refined
+
+    refinement = Refinement.from_config(cfg)
+    if refinement.method == "mpn":
+        raise EvalInputError(f"--refine mpn needs the model's MPN: evaluate the checkpoint (--cfg RUN/config.yaml "
+                             f"--ckpt CKPT --refine mpn), not saved embeddings {args.embeddings}")
+    options = dict(recall_k=recall_k, nmi=cfg.eval.nmi, kmeans_iters=cfg.eval.kmeans_iters,
+                   kmeans_redo=cfg.eval.kmeans_redo, seed=cfg.seed, chunk_size=cfg.eval.chunk_size)
     try:
-        metrics = evaluate_embeddings(emb, labels, recall_k=recall_k, query_mask=mask, nmi=cfg.eval.nmi,
-                                      kmeans_iters=cfg.eval.kmeans_iters, kmeans_redo=cfg.eval.kmeans_redo,
-                                      seed=cfg.seed, chunk_size=cfg.eval.chunk_size)
+        metrics, retrieval = evaluate_embeddings(emb, labels, query_mask=mask, return_retrieval=True,
+                                                 min_k=refinement.search_k if refinement.enabled else 0, **options)
+        if refinement.enabled:
+            metrics["refined"] = evaluate_refined(emb, labels, retrieval, refinement, mask, **options)
+    except RefinementError:
+        raise
     except ValueError as e:
         raise EvalInputError(f"cannot evaluate {args.embeddings}: {e}") from None
     dataset = cfg.data.name if explicit_cfg else None
@@ -173,9 +188,10 @@ def warn_degenerate(emb, source: str) -> None:
 def _evaluate_checkpoint(args, cfg) -> tuple[dict, Optional[str]]:
     from ibc_geo.engine import evaluate_checkpoint, evaluate_initial_model
 
+    refine = cfg.eval.refine != "none"
     if args.init:
-        return evaluate_initial_model(cfg, args.split or "test"), cfg.data.name
-    return evaluate_checkpoint(cfg, args.ckpt, args.split or "test"), cfg.data.name
+        return evaluate_initial_model(cfg, args.split or "test", refine=refine), cfg.data.name
+    return evaluate_checkpoint(cfg, args.ckpt, args.split or "test", refine=refine), cfg.data.name
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -188,9 +204,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.ckpt and not os.path.isfile(args.ckpt):
         raise EvalInputError(f"checkpoint file not found: {args.ckpt}")
     explicit_cfg = bool(args.cfg or args.overrides or args.print_config)
+    if args.refine:
+        args.overrides = list(args.overrides or []) + ["eval.refine", args.refine]
     # Saved embeddings need no dataset: without --cfg or overrides the schema defaults serve
     # (eval.recall_k, eval.nmi, ...), unchecked since no dataset is read.
-    if explicit_cfg or args.ckpt or args.init:
+    if explicit_cfg or args.ckpt or args.init or args.refine:
         cfg = config_from_args(args)
     else:
         from ibc_geo.config import default_config
@@ -218,11 +236,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not is_main_process():
         return 0
 
+    refined = metrics.pop("refined", None)
     record = _json_ready(metrics)
+    if refined is not None:
+        record["refined"] = {"refinement": refined["refinement"], "metrics": _json_ready(refined["metrics"]),
+                             "seconds": refined["seconds"]}
     record.update(dataset=dataset, split=args.split or ("test" if (args.ckpt or args.init) else None))
     record.setdefault("num_items", metrics.get("num_items"))
     record.setdefault("num_classes", metrics.get("num_classes"))
     print(format_table(metrics))
+    if refined is not None:
+        print(f"\nrefined ({' '.join(f'{k} {v}' for k, v in refined['refinement'].items())}; "
+              f"{refined['seconds']:.2f} s):")
+        print(format_table(refined["metrics"]))
     atomic_write_json(out, record, overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0

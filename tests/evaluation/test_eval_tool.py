@@ -88,3 +88,40 @@ def test_tools_entry_point(saved):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "recall@1" in proc.stdout and json.loads((tmp / "x.json").read_text())["recall@1"] >= 0
+
+
+@pytest.mark.parametrize("method", ["dba", "aqe"])
+def test_refine_reports_refined_metrics_beside_the_headline(saved, capsys, method):
+    from ibc_geo.evaluation.refine import Refinement, refine_embeddings
+
+    tmp, emb, labels = saved
+    assert main(["--embeddings", str(tmp / "E.npy"), "--labels", str(tmp / "L.npy"), "--recall-k", "1",
+                 "--refine", method, "eval.refine_k", "5", "eval.nmi", "false"]) == 0
+    record = json.loads((tmp / "metrics_E.json").read_text())
+    plain = evaluate_embeddings(emb, labels, recall_k=(1,), nmi=False)
+    assert record["map@r"] == pytest.approx(plain["map@r"], abs=1e-12)       # the headline is unrefined
+    # the refined numbers, computed here by hand: groups of the item and its 4 nearest others
+    x = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    nbrs = np.argsort(-sims, axis=1, kind="stable")[:, :4]
+    groups = np.concatenate([np.arange(len(x))[:, None], nbrs], axis=1)
+    if method == "dba":
+        refined = x[groups].mean(axis=1)
+        want = evaluate_embeddings(refined, labels, recall_k=(1,), nmi=False)
+    else:
+        w = np.maximum(np.einsum("nd,nkd->nk", x, x[groups]), 0) ** 3.0
+        w[:, 0] = 1.0
+        want = evaluate_embeddings(np.einsum("nk,nkd->nd", w, x[groups]), labels, recall_k=(1,), nmi=False,
+                                   database_embeddings=x)
+    assert record["refined"]["refinement"]["method"] == method and record["refined"]["refinement"]["k"] == 5
+    for key in ("recall@1", "map@r", "r_precision"):
+        assert record["refined"]["metrics"][key] == pytest.approx(want[key], abs=1e-9), key
+    assert record["refined"]["metrics"]["map@r"] != pytest.approx(record["map@r"], abs=1e-6)
+    assert "refined (method " + method in capsys.readouterr().out
+
+
+def test_refine_mpn_on_saved_embeddings_is_refused(saved, capsys):
+    tmp, _, _ = saved
+    assert main(["--embeddings", str(tmp / "E.npy"), "--labels", str(tmp / "L.npy"), "--refine", "mpn"]) == 2
+    assert "--refine mpn needs the model's MPN" in capsys.readouterr().err
