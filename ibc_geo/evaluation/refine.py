@@ -198,10 +198,14 @@ def reciprocal_groups(x: np.ndarray, neighbours: np.ndarray, size: int, k1: int 
         accept = m1 & (shared > 2.0 / 3.0 * members)                                  # [c, k1+1]
         added = np.where(accept[..., None] & m2, cand2, -1).reshape(len(rows), -1)
         union = np.concatenate([rec, added], axis=1)
-        # unique per row: sort by id, blank repeats
+        # unique per row: sort by id, blank repeats and padding (as n), sort again, keep the filled width
+        union[union < 0] = n
         union.sort(axis=1)
-        union[:, 1:][union[:, 1:] == union[:, :-1]] = -1
-        valid = union >= 0
+        union[:, 1:][union[:, 1:] == union[:, :-1]] = n
+        union.sort(axis=1)
+        union = union[:, : max(1, int((union < n).sum(axis=1).max()))]
+        valid = union < n
+        union[~valid] = -1
         cos = np.einsum("cd,cud->cu", x[rows], x[np.where(valid, union, 0)])
         cos = np.where(valid, cos, -np.inf)
         cos[union == rows[:, None]] = np.inf                                          # the item first
