@@ -17,10 +17,26 @@ One ``numpy.savez``-compatible zip (``np.load(path)`` reads it, no pickle) holdi
 ``config_yaml``, ``format``  ``images:<dir or list>``, the resolved config, ``ibc_geo.embeddings/1``
 ============================ =================================================================
 
+A file written with ``tools/embed.py --refine dba|mpn`` (test-time refinement,
+:mod:`ibc_geo.evaluation.refine`) holds the *refined* rows in ``embeddings`` and also:
+
+============================ =================================================================
+``refinement``               str: JSON of :meth:`~ibc_geo.evaluation.refine.Refinement.params`
+                             (``{"method": "dba", "k": 8, "neighbours": "knn"}``); absent (or
+                             empty) in a file that is not refined
+``unrefined_embeddings``     float32 ``[N, D]``: the backbone embeddings, L2-normalised, that
+                             the groups were found on (what an unrefined file's ``embeddings``
+                             holds): a new query's group is found on them
+``features``                 float32 ``[N, F]``, ``mpn`` only: the raw backbone features the MPN
+                             refines (a new query's graph is it and its neighbours' features)
+``mpn_hash``                 str, ``mpn`` only: 16 hex digits of SHA-256 over the MPN's weights
+============================ =================================================================
+
 :class:`EmbeddingWriter` writes it by chunks: rows go into a temporary ``.npy`` memory map beside
 the output, so memory stays bounded by one chunk whatever ``N``; the members are then zipped
 (``embeddings`` stored, the rest deflated) into a temporary file renamed onto the output, so an
-error at any point leaves nothing behind. This module needs numpy only.
+error at any point leaves nothing behind. The extra arrays of a refined file (``arrays``) are
+held in memory (a refinement needs all ``N`` items at once anyway). This module needs numpy only.
 """
 from __future__ import annotations
 
@@ -40,7 +56,10 @@ from ibc_geo.retrieval.errors import GalleryError
 from ibc_geo.utils.io import OutputError, atomic_write, output_error
 
 FORMAT = "ibc_geo.embeddings/1"
-META_KEYS = ("format", "config_hash", "model_hash", "embeddings_sha256", "checkpoint", "source", "config_yaml")
+META_KEYS = ("format", "config_hash", "model_hash", "embeddings_sha256", "checkpoint", "source", "config_yaml",
+             "refinement", "mpn_hash")
+#: The float arrays a refined file adds (see the module docstring).
+REFINED_ARRAYS = ("unrefined_embeddings", "features")
 #: Rows hashed per step by :func:`embeddings_sha256` (bounded memory for a memory map).
 _HASH_ROWS = 65536
 
@@ -55,6 +74,12 @@ def config_hash(cfg) -> str:
     flat = {k: v for k, v in flatten_config(config_to_dict(cfg)).items() if k not in RUNTIME_KEYS}
     text = json.dumps(flat, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def describe_refinement(params: dict) -> str:
+    """A refinement record in words, e.g. ``dba (k 8)`` (``neighbours`` named only when not ``knn``)."""
+    rest = [f"{k} {v}" for k, v in params.items() if k != "method" and not (k == "neighbours" and v == "knn")]
+    return str(params["method"]) + (f" ({', '.join(rest)})" if rest else "")
 
 
 def embeddings_sha256(embeddings: np.ndarray) -> str:
@@ -78,6 +103,8 @@ class Gallery:
     class_names: Optional[np.ndarray] = None
     query_mask: Optional[np.ndarray] = None
     meta: Dict[str, str] = field(default_factory=dict)
+    unrefined: Optional[np.ndarray] = None  # a refined file's ``unrefined_embeddings``
+    features: Optional[np.ndarray] = None  # an mpn-refined file's raw backbone ``features``
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
@@ -85,6 +112,24 @@ class Gallery:
     @property
     def dim(self) -> int:
         return int(self.embeddings.shape[1])
+
+    @property
+    def refinement(self) -> Optional[dict]:
+        """The parameters of the refinement that made ``embeddings`` (``{"method": "dba", "k": 8,
+        ...}``), or None for a file that is not refined."""
+        text = self.meta.get("refinement", "")
+        return json.loads(text) if text else None
+
+    @property
+    def base_embeddings(self) -> np.ndarray:
+        """The unrefined backbone embeddings: ``unrefined_embeddings`` of a refined file, else
+        ``embeddings`` (what a query's refinement group is found on)."""
+        return self.embeddings if self.unrefined is None else self.unrefined
+
+    @property
+    def base_dim(self) -> int:
+        """The backbone's embedding size (``dim`` differs for an MPN that concatenates its layers)."""
+        return int(self.base_embeddings.shape[1])
 
     def unit_norm(self, tolerance: float = 1e-3) -> int:
         """L2-normalise rows whose norm is not 1 (within ``tolerance``), so that inner products are
@@ -159,6 +204,7 @@ def load_gallery(path: str) -> Gallery:
     if mask is not None and (mask.shape != (n,) or mask.dtype != np.bool_):
         raise GalleryError(f"gallery {path}: 'query_mask' must be bool [{n}], got {mask.dtype} {mask.shape}")
     meta = {k: str(data[k]) for k in META_KEYS if k in data and data[k].ndim == 0}
+    extra = _refined_arrays(path, data, meta, n)
     computed = embeddings_sha256(emb)
     stored = meta.get("embeddings_sha256")
     if stored and stored != computed:
@@ -168,7 +214,37 @@ def load_gallery(path: str) -> Gallery:
                            f"embed again (tools/embed.py), or remove 'embeddings_sha256' from the file to use it as is")
     meta["embeddings_sha256"] = computed  # the fingerprint is always recomputed, never only read
     return Gallery(path=path, embeddings=emb, paths=paths.astype(str), labels=labels,
-                   class_names=None if class_names is None else class_names.astype(str), query_mask=mask, meta=meta)
+                   class_names=None if class_names is None else class_names.astype(str), query_mask=mask, meta=meta,
+                   unrefined=extra.get("unrefined_embeddings"), features=extra.get("features"))
+
+
+def _refined_arrays(path: str, data: dict, meta: dict, n: int) -> dict:
+    """The checked extra arrays of a refined file (``{}`` for a file that is not refined)."""
+    text = meta.get("refinement", "")
+    if not text:
+        return {}
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or not record.get("method"):
+        raise GalleryError(f"gallery {path}: 'refinement' is not the JSON record tools/embed.py --refine writes "
+                           f"(got {text[:80]!r})")
+    need = ["unrefined_embeddings"] + (["features"] if record["method"] == "mpn" else [])
+    out = {}
+    for name in need:
+        array = data.get(name)
+        if array is None:
+            raise GalleryError(f"gallery {path} holds embeddings refined by {record['method']} but no '{name}' "
+                               f"array: expected a file written by tools/embed.py --refine {record['method']}")
+        if array.ndim != 2 or array.shape[0] != n or array.shape[1] < 1 or array.dtype.kind != "f":
+            raise GalleryError(f"gallery {path}: '{name}' must be a float [{n}, D] array, got {array.dtype} "
+                               f"{array.shape}")
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        if not np.isfinite(array).all():
+            raise GalleryError(f"gallery {path}: '{name}' holds NaN or infinite values")
+        out[name] = array
+    return out
 
 
 class EmbeddingWriter:
@@ -184,7 +260,10 @@ class EmbeddingWriter:
         paths: the ``N`` image paths or names, in index order.
         dim: the embedding size ``D``.
         labels, class_names, query_mask: optional arrays of the module docstring.
-        meta: the string fields (``config_hash``, ``model_hash``, ``checkpoint``, ``source``, ``config_yaml``).
+        meta: the string fields (``config_hash``, ``model_hash``, ``checkpoint``, ``source``, ``config_yaml``;
+            ``refinement`` and ``mpn_hash`` for a refined file).
+        arrays: more ``[N, ...]`` arrays written as members of their names (a refined file's
+            ``unrefined_embeddings`` and ``features``), held in memory.
         chunk_size: rows buffered in memory between writes (default: ``16384``).
         overwrite: replace an existing ``path`` (default: ``True``; the tools pass ``--overwrite``).
 
@@ -194,9 +273,13 @@ class EmbeddingWriter:
 
     def __init__(self, path: str, paths: Sequence[str], dim: int, labels: Optional[np.ndarray] = None,
                  class_names: Optional[Sequence[str]] = None, query_mask: Optional[np.ndarray] = None,
-                 meta: Optional[Dict[str, str]] = None, chunk_size: int = 16384, overwrite: bool = True):
+                 meta: Optional[Dict[str, str]] = None, chunk_size: int = 16384, overwrite: bool = True,
+                 arrays: Optional[Dict[str, np.ndarray]] = None):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        for name, array in (arrays or {}).items():
+            if name not in REFINED_ARRAYS or len(array) != len(paths):
+                raise ValueError(f"extra array {name!r} must be one of {REFINED_ARRAYS} with {len(paths)} rows")
         self.path = os.fspath(path)
         self.paths = paths
         self.num_items = len(paths)
@@ -207,6 +290,7 @@ class EmbeddingWriter:
         self.meta = dict(meta or {})
         self.chunk_size = int(chunk_size)
         self.overwrite = bool(overwrite)
+        self.arrays = dict(arrays or {})
         self._tmpdir: Optional[str] = None
         self._created: Optional[str] = None
         self._rows = None
@@ -311,6 +395,9 @@ class EmbeddingWriter:
         if self.query_mask is not None:
             members.append(("query_mask", self._save_member("query_mask", np.asarray(self.query_mask, dtype=np.bool_)),
                             zipfile.ZIP_DEFLATED))
+        for name, array in self.arrays.items():
+            members.append((name, self._save_member(name, np.ascontiguousarray(array, dtype=np.float32)),
+                            zipfile.ZIP_STORED))
         for key in META_KEYS:
             if key in self.meta:
                 members.append((key, self._save_member(key, np.array(str(self.meta[key]))), zipfile.ZIP_DEFLATED))
