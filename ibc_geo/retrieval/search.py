@@ -1,6 +1,6 @@
 """k-nearest-neighbour search of a gallery: exact by default, or through a faiss index.
 
-* **Exact** (no index, or the factory string ``Flat``): :func:`ibc_geo.evaluation.knn.knn_search`,
+* **Exact** (no index, or the factory string ``Flat``): :func:`ibc_geo.evaluation.retrieval.retrieve`,
   the evaluation's own search (inner product of L2-normalised embeddings = cosine, decreasing
   similarity, ties by increasing gallery index, complete over ties at the k-th place).
 * **Approximate**: any faiss index-factory string (``IVF4096,Flat``, ``HNSW32``, ``IVF1024,PQ64``,
@@ -14,6 +14,18 @@
 Queries that are gallery members (``exclude``: each query's own gallery index) never retrieve
 themselves: ``k + 1`` are searched and the own index removed wherever it ranks, or the last one
 when it is absent (a tie group or a duplicate can push it out), exactly as evaluation does.
+
+:meth:`SearchIndex.retrieve` returns the evaluation's
+:class:`~ibc_geo.evaluation.retrieval.RetrievalResult` (the gallery rows are its items ``0..N-1``;
+queries that are gallery members are those items, with ``exclude_self``; other queries are items
+``N, N+1, ...``); :meth:`SearchIndex.search` the plain ``(similarities, indices)`` arrays.
+
+Test-time refinement of queries (:func:`refine_queries`, ``tools/search.py --refine``): each query
+is grouped with its ``k - 1`` nearest gallery items, found exactly on the gallery's *unrefined*
+embeddings (a member never groups with itself), and replaced by the group's refinement, with the
+evaluation's own functions (:mod:`ibc_geo.evaluation.refine`): ``dba`` (mean), ``aqe`` (alpha
+query expansion) or ``mpn`` (the MPN on the group's raw backbone features). The refined query
+then searches the gallery's ``embeddings`` as usual.
 
 A saved index is the plain faiss file plus ``<file>.json`` beside it recording the gallery it was
 built on (its embeddings' SHA-256, size and dimension), so that loading it for another gallery is
@@ -30,7 +42,7 @@ from typing import Optional, Tuple
 import faiss
 import numpy as np
 
-from ibc_geo.evaluation.knn import knn_search
+from ibc_geo.evaluation.retrieval import RetrievalResult, retrieve
 from ibc_geo.retrieval.errors import IndexMismatchError
 from ibc_geo.utils.io import atomic_write, atomic_write_json, check_output
 
@@ -193,11 +205,25 @@ class SearchIndex:
 
     def search(self, queries: np.ndarray, k: int, exclude: Optional[np.ndarray] = None,
                chunk_size: int = 4096) -> Tuple[np.ndarray, np.ndarray]:
-        """``(similarities [Q, k] float32, gallery indices [Q, k] int64)`` of the top ``k``.
+        """``(similarities [Q, k] float32, gallery indices [Q, k] int64)`` of the top ``k``
+        (:meth:`retrieve`'s arrays).
 
         ``exclude``: each query's own gallery index (queries that are gallery members), never
         returned. Approximate indexes may find fewer than ``k``: the rest is index ``-1``,
         similarity NaN.
+        """
+        result = self.retrieve(queries, k, exclude=exclude, chunk_size=chunk_size)
+        return result.similarities, result.indices
+
+    def retrieve(self, queries: np.ndarray, k: int, exclude: Optional[np.ndarray] = None,
+                 chunk_size: int = 4096) -> RetrievalResult:
+        """The top ``k`` gallery rows of each query as a :class:`RetrievalResult` (module docstring).
+
+        Exact search is :func:`ibc_geo.evaluation.retrieval.retrieve` (``k + 1`` deep with
+        ``exclude``, each query's own index then removed by :func:`drop_own`, the evaluation's
+        rule). ``exclude``: each query's own gallery index (queries that are gallery members),
+        never returned. Approximate indexes may find fewer than ``k``: the rest is index ``-1``,
+        similarity NaN (read ``indices``, not ``neighbour_items``, of such a result).
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         n = self.database.shape[0]
@@ -206,12 +232,18 @@ class SearchIndex:
             raise ValueError(f"k = {k} must be in [1, {n - extra}] for a gallery of {n}"
                              + (" (the query itself excluded)" if extra else ""))
         if self.exact:
-            sims, ids = knn_search(queries, self.database, k + extra, chunk_size=chunk_size)
+            found = retrieve(queries, self.database, k + extra, chunk_size=chunk_size)
+            sims, ids = found.similarities, found.indices.astype(np.int64, copy=False)
         else:
             sims, ids = self._approximate(queries, k + extra, chunk_size)
         if exclude is not None:
-            sims, ids = drop_own(sims, ids, np.asarray(exclude, dtype=np.int64))
-        return np.ascontiguousarray(sims), np.ascontiguousarray(ids)
+            own = np.asarray(exclude, dtype=np.int64).reshape(-1)
+            sims, ids = drop_own(sims, ids, own)
+            query_items, num_items = own, n
+        else:
+            query_items, num_items = np.arange(n, n + len(queries), dtype=np.int64), n + len(queries)
+        return RetrievalResult(np.ascontiguousarray(sims), np.ascontiguousarray(ids), query_items,
+                               np.arange(n, dtype=np.int64), exclude is not None, num_items)
 
     def _approximate(self, queries: np.ndarray, k: int, chunk_size: int) -> Tuple[np.ndarray, np.ndarray]:
         sims_out = np.full((len(queries), k), np.nan, dtype=np.float32)
@@ -262,3 +294,40 @@ def _faiss_message(e: Exception) -> str:
     text = str(e).strip()
     match = re.search(r"(?:Error|error)[^:]*:\s*(.*)$", text.splitlines()[-1] if text else "")
     return (match.group(1) if match else text.splitlines()[-1] if text else type(e).__name__).strip()
+
+
+def refine_queries(queries: np.ndarray, base: np.ndarray, refinement, exclude: Optional[np.ndarray] = None,
+                   query_features: Optional[np.ndarray] = None, features: Optional[np.ndarray] = None,
+                   run_mpn=None, chunk_size: int = 4096) -> Tuple[np.ndarray, np.ndarray]:
+    """``(refined queries [Q, D'] L2-normalised, group neighbours [Q, k - 1] gallery rows)``.
+
+    Each query (normalised) is grouped with its ``k - 1`` nearest rows of ``base`` (the gallery's
+    unrefined embeddings, normalised here), found by the exact search (``exclude``: each query's
+    own gallery row, never in its group), and replaced by the group's refinement: ``dba`` and
+    ``aqe`` (``refinement.alpha``) on the normalised rows, ``mpn`` by ``run_mpn(features,
+    groups)`` on ``query_features`` and the neighbours' rows of ``features`` (the raw backbone
+    features). Only the ``Q x k`` group rows are gathered, never a copy of the gallery.
+    """
+    from ibc_geo.evaluation.knn import l2_normalize
+    from ibc_geo.evaluation.refine import aqe, dba
+
+    k = int(refinement.k)
+    x = l2_normalize(queries)
+    b = l2_normalize(base)
+    neighbours = SearchIndex(b).retrieve(x, k - 1, exclude=exclude, chunk_size=chunk_size).indices
+    q = len(x)
+    groups = np.concatenate([np.arange(q, dtype=np.int64)[:, None],
+                             q + np.arange(q * (k - 1), dtype=np.int64).reshape(q, k - 1)], axis=1)
+    flat = neighbours.reshape(-1)
+    if refinement.method == "dba":
+        rows = dba(np.concatenate([x, b[flat]]), groups)
+    elif refinement.method == "aqe":
+        rows = aqe(np.concatenate([x, b[flat]]), groups, refinement.alpha)
+    elif refinement.method == "mpn":
+        if run_mpn is None or query_features is None or features is None:
+            raise ValueError("mpn refinement needs run_mpn, query_features and features")
+        local = np.concatenate([np.asarray(query_features, np.float32), np.asarray(features, np.float32)[flat]])
+        rows = l2_normalize(run_mpn(local, groups))
+    else:
+        raise ValueError(f"no query refinement {refinement.method!r} (dba, aqe or mpn)")
+    return rows, neighbours
