@@ -36,6 +36,7 @@ import faiss
 import numpy as np
 
 from ibc_geo.evaluation.knn import as_float32_matrix, l2_normalize
+from ibc_geo.evaluation.retrieval import RetrievalResult, retrieve_split, split_layout
 
 __all__ = [
     "KMEANS_MAX_PAIRS",
@@ -53,6 +54,7 @@ __all__ = [
     "nmi_score",
     "r_precision",
     "recall_at_k",
+    "retrieval_metrics",
 ]
 
 logger = logging.getLogger("ibc_geo")
@@ -400,6 +402,50 @@ def kmeans_assign(embeddings, num_clusters: int, iters: int = 300, redo: int = 1
                   max_pairs=max_pairs).labels
 
 
+def num_relevant(result: RetrievalResult, codes: np.ndarray) -> np.ndarray:
+    """R of each query: the database items of its class, itself not counted."""
+    num_classes = int(codes.max()) + 1 if codes.size else 0
+    counts = np.bincount(codes[result.gallery_items], minlength=num_classes)
+    return counts[codes[result.query_items]] - int(result.exclude_self)
+
+
+def required_k(ks: Sequence[int], codes: np.ndarray, query_mask=None) -> int:
+    """The neighbours :func:`retrieval_metrics` needs: max(largest K, largest R), capped at what a
+    query can retrieve."""
+    query_items, gallery_items, exclude_self = split_layout(len(codes), query_mask)
+    num_classes = int(codes.max()) + 1
+    r = np.bincount(codes[gallery_items], minlength=num_classes)[codes[query_items]] - int(exclude_self)
+    return min(gallery_items.size - int(exclude_self), max(max(ks), int(r.max())))
+
+
+def retrieval_metrics(result: RetrievalResult, codes: np.ndarray, ks: Sequence[int],
+                      chunk_size: int = 4096) -> Dict[str, float]:
+    """Recall@K (every query; a lone one is a miss), MAP@R, R-precision and precision@1 (queries with
+    R >= 1) of ``result`` with the item labels ``codes`` (int [N]), reduced chunk by chunk.
+
+    ``result`` must hold at least :func:`required_k` neighbours (ks and the largest R).
+    """
+    codes = np.asarray(codes)
+    relevant = num_relevant(result, codes)
+    q = result.num_queries
+    first = np.empty(q, np.int32)
+    ap = np.empty(q)
+    rp = np.empty(q)
+    p1 = np.empty(q, bool)
+    for start in range(0, q, chunk_size):
+        rows = slice(start, min(start + chunk_size, q))
+        matches = result.matches(codes, rows)
+        first[rows] = first_match_rank(matches)
+        p1[rows] = matches[:, 0]
+        ap[rows], rp[rows] = average_precision_at_r(matches, relevant[rows])
+    not_lone = relevant > 0
+    out = {f"recall@{k}": float(np.mean(first < k)) for k in sorted(set(ks))}
+    out["map@r"] = _nanmean(ap)
+    out["r_precision"] = _nanmean(rp)
+    out["precision@1"] = float(p1[not_lone].mean()) if not_lone.any() else math.nan
+    return out
+
+
 def evaluate_embeddings(embeddings, labels, recall_k: Sequence[int] = (1, 2, 4, 8),
                         query_mask=None, nmi: bool = True, kmeans_iters: int = 300, kmeans_redo: int = 10,
                         seed: int = 0, chunk_size: int = 4096, min_k: int = 0, return_retrieval: bool = False,
@@ -432,8 +478,6 @@ def evaluate_embeddings(embeddings, labels, recall_k: Sequence[int] = (1, 2, 4, 
         other item of their class to find) are misses for Recall@K and are left out of
         precision@1, R-precision and MAP@R (module docstring).
     """
-    from ibc_geo.evaluation.retrieval import required_k, retrieval_metrics, retrieve_split
-
     x = l2_normalize(embeddings)
     db = None if database_embeddings is None else l2_normalize(database_embeddings)
     labels = _as_labels(labels)

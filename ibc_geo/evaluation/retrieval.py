@@ -2,24 +2,23 @@
 
 :func:`retrieve_split` runs the evaluation's one chunked exact search (:mod:`ibc_geo.evaluation.knn`:
 ties by index, the query excluded by index; In-Shop queries against the gallery only) and keeps
-its results as a :class:`RetrievalResult`. The metrics (:func:`retrieval_metrics`), the
+its results as a :class:`RetrievalResult`. The metrics, the
 TensorBoard retrieval picture, ``tools/search.py`` and the test-time refinement
-(:mod:`ibc_geo.evaluation.refine`) all read that object: nothing searches the same embeddings twice.
+(:mod:`ibc_geo.evaluation.refine`) all read that object (the metrics: :func:`ibc_geo.evaluation.metrics.retrieval_metrics`): nothing searches the same embeddings twice.
 
 Memory: ``Q x k`` int32 indices and float32 cosines, 8 bytes an entry (SOP's test split at
 k = 1000 for Recall@1000: 60,502 x 1,000 x 8 B = 484 MB); the search itself works in chunks.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
 from ibc_geo.evaluation.knn import as_float32_matrix, iter_knn
 
-__all__ = ["RetrievalResult", "retrieve", "retrieve_split", "retrieval_metrics"]
+__all__ = ["RetrievalResult", "retrieve", "retrieve_split", "split_layout"]
 
 
 @dataclass(frozen=True)
@@ -32,8 +31,8 @@ class RetrievalResult:
         indices: int32 / int64 ``[Q, k]``, database rows (``0 <= i < M``).
         query_items: int64 ``[Q]``, the item (row of the evaluated set) of each query.
         gallery_items: int64 ``[M]``, the item of each database row.
-        exclude_self: queries are the database (query ``q`` is database row ``q``) and never
-            their own neighbour.
+        exclude_self: each query is a database member and never its own neighbour (the evaluation:
+            query ``q`` is database row ``q``; ``tools/search.py --query-ids``: the gallery rows).
         num_items: the size of the evaluated set (queries and gallery together).
     """
 
@@ -136,49 +135,3 @@ def retrieve_split(embeddings, k: int, query_mask=None, chunk_size: int = 4096,
     k = min(int(k), gallery_items.size - int(exclude_self))
     return retrieve(x[query_items], db[gallery_items], k, exclude_self=exclude_self, query_items=query_items,
                     gallery_items=gallery_items, chunk_size=chunk_size)
-
-
-def num_relevant(result: RetrievalResult, codes: np.ndarray) -> np.ndarray:
-    """R of each query: the database items of its class, itself not counted."""
-    num_classes = int(codes.max()) + 1 if codes.size else 0
-    counts = np.bincount(codes[result.gallery_items], minlength=num_classes)
-    return counts[codes[result.query_items]] - int(result.exclude_self)
-
-
-def required_k(ks: Sequence[int], codes: np.ndarray, query_mask=None) -> int:
-    """The neighbours :func:`retrieval_metrics` needs: max(largest K, largest R), capped at what a
-    query can retrieve."""
-    query_items, gallery_items, exclude_self = split_layout(len(codes), query_mask)
-    num_classes = int(codes.max()) + 1
-    r = np.bincount(codes[gallery_items], minlength=num_classes)[codes[query_items]] - int(exclude_self)
-    return min(gallery_items.size - int(exclude_self), max(max(ks), int(r.max())))
-
-
-def retrieval_metrics(result: RetrievalResult, codes: np.ndarray, ks: Sequence[int],
-                      chunk_size: int = 4096) -> Dict[str, float]:
-    """Recall@K (every query; a lone one is a miss), MAP@R, R-precision and precision@1 (queries with
-    R >= 1) of ``result`` with the item labels ``codes`` (int [N]), reduced chunk by chunk.
-
-    ``result`` must hold at least :func:`required_k` neighbours (ks and the largest R).
-    """
-    from ibc_geo.evaluation.metrics import _nanmean, average_precision_at_r, first_match_rank
-
-    codes = np.asarray(codes)
-    relevant = num_relevant(result, codes)
-    q = result.num_queries
-    first = np.empty(q, np.int32)
-    ap = np.empty(q)
-    rp = np.empty(q)
-    p1 = np.empty(q, bool)
-    for start in range(0, q, chunk_size):
-        rows = slice(start, min(start + chunk_size, q))
-        matches = result.matches(codes, rows)
-        first[rows] = first_match_rank(matches)
-        p1[rows] = matches[:, 0]
-        ap[rows], rp[rows] = average_precision_at_r(matches, relevant[rows])
-    not_lone = relevant > 0
-    out = {f"recall@{k}": float(np.mean(first < k)) for k in sorted(set(ks))}
-    out["map@r"] = _nanmean(ap)
-    out["r_precision"] = _nanmean(rp)
-    out["precision@1"] = float(p1[not_lone].mean()) if not_lone.any() else math.nan
-    return out
