@@ -1,4 +1,4 @@
-"""Install ibc_geo: ``pip install -e .`` (extras: ``scatter``, ``test``, ``bench``, ``export``)."""
+"""Install ibc_geo: ``pip install -e .`` (extras: ``scatter``, ``test``, ``bench``, ``export``, ``pml``)."""
 from setuptools import find_packages, setup
 
 setup(
@@ -45,7 +45,9 @@ setup(
         # torch-scatter compiles from source against the installed torch:
         #   pip install --no-build-isolation -e ".[scatter]"
         "scatter": ["torch-scatter>=2.1"],
-        "test": ["pytest>=7.4"],
+        "test": ["pytest>=7.4", "pytorch-metric-learning>=2.5"],
+        # loss.backbone pml/<LossName>, loss.miner pml/<MinerName>: pytorch-metric-learning's losses and miners.
+        "pml": ["pytorch-metric-learning>=2.5"],
         # Only for benchmarks/eval.py's comparison column.
         "bench": ["pytorch-metric-learning>=2.5", "psutil>=5.9"],
         # tools/export.py --format onnx: onnx for the exporter, onnxruntime for its check (and its test).

@@ -32,7 +32,16 @@ def default_config() -> DictConfig:
     """The schema's defaults as a typed, struct-mode OmegaConf config."""
     cfg = OmegaConf.structured(Config)
     OmegaConf.set_struct(cfg, True)
+    for section in cfg.values():  # Dict[str, Any] keys (e.g. loss.backbone_kwargs) take any keys
+        for value in (section.values() if OmegaConf.is_dict(section) else ()):
+            if _free_form(value):
+                OmegaConf.set_struct(value, False)
     return cfg
+
+
+def _free_form(node: Any) -> bool:
+    """A ``Dict[str, Any]`` key of the schema: a mapping of keyword arguments, not a section."""
+    return OmegaConf.is_dict(node) and OmegaConf.get_type(node) is dict
 
 
 def _all_keys(node: Any, prefix: str = "") -> list[str]:
@@ -54,7 +63,11 @@ def _check_known_keys(layer: Mapping, schema: DictConfig, source: str, prefix: s
             did_you_mean = f" Closest valid keys: {', '.join(hint)}." if hint else ""
             raise ConfigError(f"unknown config key {full!r} in {source}.{did_you_mean}")
         child = schema[key]
-        if OmegaConf.is_dict(child):
+        if _free_form(child):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key {full!r} in {source} takes a mapping of keyword arguments, e.g. "
+                                  f"{{margin: 0.1}}, got {value!r}")
+        elif OmegaConf.is_dict(child):
             if not isinstance(value, Mapping):
                 raise ConfigError(
                     f"config key {full!r} in {source} is a section; expected a mapping of its keys, "
@@ -214,6 +227,15 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("loss.backbone_weight", "loss.mpn_weight"):
         if OmegaConf.select(cfg, key) < 0:
             fail(key, OmegaConf.select(cfg, key), "must be >= 0")
+    from ibc_geo.nn.losses import check_loss_config
+
+    for key, value, allowed in check_loss_config(cfg):  # loss/miner names, their keywords, pml installed
+        fail(key, value, allowed)
+    for key in ("loss.lr_mult", "train.backbone_lr_mult", "train.warmup_epochs"):
+        if OmegaConf.select(cfg, key) < 0:
+            fail(key, OmegaConf.select(cfg, key), "must be >= 0")
+    if not 0.0 <= cfg.train.momentum < 1.0:
+        fail("train.momentum", cfg.train.momentum, "must be in [0, 1)")
     if cfg.train.epochs < 1:
         fail("train.epochs", cfg.train.epochs, "must be >= 1")
     if cfg.train.lr <= 0:

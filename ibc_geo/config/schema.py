@@ -7,7 +7,7 @@ line overlay the YAML. ``ibc_geo.config.loader`` does the merging and checks the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import Any, Dict, List
 
 # Closed sets of values (open sets, data.name and graph.topology, come from registries).
 CHOICES = {
@@ -19,6 +19,7 @@ CHOICES = {
     "mpn.attention_logits": ["dot", "cosine"],
     "mpn.attention_qk_init": ["independent", "shared"],
     "train.amp_dtype": ["bfloat16", "float16"],
+    "train.optimizer": ["radam", "adamw", "sgd"],
     "eval.selection": ["val", "test"],
     "data.on_corrupt": ["skip", "error"],
     "sampler.epoch_length": ["official", "cover"],
@@ -92,8 +93,13 @@ class MPNConfig:
 class LossConfig:
     temperature: float = 0.2  # logits are divided by T (paper CUB: 0.2)
     label_smoothing: float = 0.1  # label smoothing of both cross-entropies (official code: 0.1)
-    backbone_weight: float = 1.0  # weight of the backbone cross-entropy (paper: 1)
+    backbone_weight: float = 1.0  # weight of the backbone loss (paper: 1, its cross-entropy)
     mpn_weight: float = 1.0  # weight of the MPN cross-entropy (paper: 1; 0 disables the MPN loss)
+    backbone: str = "ce"  # backbone loss: ce (the paper's, on backbone logits / T) | pml/<LossName> on the embeddings (e.g. pml/ProxyAnchorLoss)
+    backbone_kwargs: Dict[str, Any] = field(default_factory=dict)  # keywords of the pml loss, e.g. {margin: 0.1, alpha: 32}; num_classes, embedding_size filled in
+    miner: str = ""  # "" = none | pml/<MinerName> picking the pml loss's pairs/triplets (e.g. pml/MultiSimilarityMiner)
+    miner_kwargs: Dict[str, Any] = field(default_factory=dict)  # keywords of the miner, e.g. {epsilon: 0.1}
+    lr_mult: float = 100.0  # the loss's own parameters (proxies) learn at train.lr * lr_mult (Proxy Anchor's code: 100)
 
 
 @dataclass
@@ -101,6 +107,10 @@ class TrainConfig:
     epochs: int = 70  # training epochs (paper: 70)
     lr: float = 1.5637e-4  # RAdam learning rate (paper CUB)
     weight_decay: float = 6.0597e-6  # RAdam decoupled weight decay, p -= lr * wd * p (paper CUB)
+    optimizer: str = "radam"  # radam (paper; decoupled weight decay) | adamw | sgd (momentum, L2 weight decay)
+    momentum: float = 0.9  # sgd momentum
+    backbone_lr_mult: float = 1.0  # the pretrained trunk learns at lr * this (the embedding, classifiers, MPN at lr); < 1 for ViTs
+    warmup_epochs: int = 0  # linear warm-up: lr * min(1, (epoch - 1 + (iteration + 1) / iterations) / warmup_epochs); 0 = none
     lr_drop_epochs: List[int] = field(default_factory=lambda: [31, 51])  # reload best, lr /= 10 at these epochs
     lr_drop_factor: float = 0.1  # multiplier of the learning rate at each drop (paper: 0.1)
     lr_drop_cumulative: bool = False  # false: lr = lr * factor at every drop (official); true: lr * factor^drops
