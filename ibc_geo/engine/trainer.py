@@ -36,9 +36,12 @@ from ibc_geo.engine.checkpoint import (
     save_checkpoint,
 )
 from ibc_geo.engine.evaluator import Evaluation, amp_dtype, run_evaluation
+from ibc_geo.engine.optim import (build_optimizer, param_groups, restore_multipliers, scheduled_lr,
+                                  set_learning_rate, share_gradients, warmup_factor)
 from ibc_geo.engine.writers import RunWriters
 from ibc_geo.evaluation import extract_embeddings, is_fraction_metric
 from ibc_geo.modeling import IntraBatchLoss, IntraBatchModel
+from ibc_geo.modeling.loss import build_loss
 from ibc_geo.nn.analysis import attention_statistics
 from ibc_geo.utils.errors import DivergedError, UserError
 from ibc_geo.utils.distributed import barrier, init_from_env, local_device, synchronize_batchnorm
@@ -165,16 +168,19 @@ class Trainer:
             cfg, self.train_set.num_classes, pretrained="none" if resume else None).to(self.device)
         if self.distributed and cfg.train.sync_bn:  # before the optimizer takes the parameters
             synchronize_batchnorm(self.model.backbone, self.device)
-        self.loss_fn = IntraBatchLoss.from_config(cfg)
-        # The official RAdam decays the weights decoupled from the gradient: p -= lr * wd * p.
-        self.optimizer = torch.optim.RAdam(self.model.parameters(), lr=cfg.train.lr,
-                                           weight_decay=cfg.train.weight_decay, decoupled_weight_decay=True)
+        # The builders: the objective (loss.*: a pml loss's proxies sized by the training classes) and
+        # the optimiser over the model's and the loss's parameter groups (train.optimizer, *lr_mult).
+        self.loss_fn: IntraBatchLoss = build_loss(cfg, self.train_set.num_classes, cfg.model.embedding_dim).to(self.device)
+        self.optimizer = build_optimizer(cfg, self.model, self.loss_fn)
         use_scaler = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
     def _restore(self, state: dict) -> None:
         load_model_state(self.model, state["model"], str(self.run_dir.last))
+        if "loss" in state:  # absent from checkpoints written before the loss had a state
+            self.loss_fn.load_state_dict(state["loss"])
         self.optimizer.load_state_dict(state["optimizer"])
+        restore_multipliers(self.optimizer, param_groups(self.cfg, self.model, self.loss_fn))
         if state["scaler"] and self.scaler.is_enabled():  # empty when the run began without a scaler
             self.scaler.load_state_dict(state["scaler"])
         self.model.topology.load_state_dict(state["topology"])
@@ -189,6 +195,7 @@ class Trainer:
     def _state(self) -> dict:
         return {
             "model": self.model.state_dict(),
+            "loss": self.loss_fn.state_dict(),  # a pml loss's proxies; empty for the cross-entropies
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "topology": self.model.topology.state_dict(),
@@ -204,9 +211,12 @@ class Trainer:
 
     def _best_state(self) -> dict:
         """What model selection, the LR-drop reloads and evaluation need: the weights and the run's
-        metadata, not the optimizer state (``last.pt`` keeps the full resumable state)."""
-        return {"model": self.model.state_dict(), "epoch": self.epoch, "best": self.best,
-                "config": config_to_dict(self.cfg)}
+        metadata, not the optimizer state (``last.pt`` keeps the full resumable state); the loss's
+        state (proxies), where it has one, goes with the weights it was trained with."""
+        state = {"model": self.model.state_dict(), "epoch": self.epoch, "best": self.best,
+                 "config": config_to_dict(self.cfg)}
+        loss = self.loss_fn.state_dict()
+        return {**state, "loss": loss} if loss else state
 
     def _save(self, path: Path) -> None:
         """A checkpoint, atomically, by the main process only (``best.pt``: :meth:`_best_state`;
@@ -228,8 +238,8 @@ class Trainer:
 
     def _non_finite_tensors(self) -> list:
         """Names of the floating-point parameters, buffers and optimizer states with a NaN or inf."""
-        bad = [name for name, t in self.model.state_dict().items()
-               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        tensors = list(self.model.state_dict().items()) + [(f"loss.{k}", t) for k, t in self.loss_fn.state_dict().items()]
+        bad = [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
         for index, state in self.optimizer.state.items():
             bad += [f"optimizer.{name}" for name, t in state.items()
                     if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
@@ -246,23 +256,25 @@ class Trainer:
         """The official schedule (``trainer.py``, epochs 31 and 51): reload the best *weights* so far
         (the optimizer state is kept), then set ``lr = train.lr * lr_drop_factor`` at every drop,
         so the LR stays base/10 after the second drop; ``train.lr_drop_cumulative`` multiplies the
-        factors instead (base/100 after two drops)."""
+        factors instead (base/100 after two drops). Each parameter group keeps its multiplier
+        (:mod:`ibc_geo.engine.optim`): group LR = dropped LR * ``lr_mult``; the loss's state
+        (proxies) is reloaded with the weights."""
         barrier()  # rank 0 has written best.pt before any rank reads it
         best = self.run_dir.best
         self.drops += 1
-        train = self.cfg.train
-        lr = train.lr * train.lr_drop_factor ** (self.drops if train.lr_drop_cumulative else 1)
+        lr = scheduled_lr(self.cfg, self.drops)
         if best.exists():
             state = load_checkpoint(best)
             load_model_state(self.model, state["model"], str(best))
+            if "loss" in state:
+                self.loss_fn.load_state_dict(state["loss"])
             self.writers.line(f"epoch {self.epoch + 1}: LR drop to {lr:.3g}, reloaded the weights of the best "
                               f"checkpoint (epoch {state['epoch']})")
         else:
             self.writers.line(f"epoch {self.epoch + 1}: LR drop to {lr:.3g}; no best checkpoint yet (no "
                               f"evaluation before this epoch, eval.every {self.cfg.eval.every}): the current "
                               f"weights go on")
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_learning_rate(self.optimizer, lr)
 
     # ---------------------------------------------------------------------------------- training
     def _train_epoch(self, epoch: int, writer: RunWriters) -> dict:
@@ -281,9 +293,13 @@ class Trainer:
         for it, (images, labels, _) in enumerate(itertools.islice(loader, iters)):
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
+            if epoch <= cfg.train.warmup_epochs:  # linear warm-up, per iteration (engine.optim)
+                set_learning_rate(self.optimizer, scheduled_lr(cfg, self.drops) * warmup_factor(cfg, epoch, it, iters))
             with autocast:
                 out = self._training_model()(images, labels, distributed=self.distributed)
-            terms = self.loss_fn(out.labels, out.backbone_logits, out.mpn_logits)
+            # A metric loss reads the backbone embeddings (all ranks' under torchrun); ce the logits.
+            extra = {"embeddings": out.embeddings} if self.loss_fn.reads_embeddings else {}
+            terms = self.loss_fn(out.labels, out.backbone_logits, out.mpn_logits, **extra)
             values = {name: float(t.detach()) for name, t in terms.items()}
             for name, value in values.items():
                 if not math.isfinite(value):
@@ -292,6 +308,8 @@ class Trainer:
                         f"{self._kept()}")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(terms["total"]).backward()
+            if self.distributed:  # the loss's parameters are outside DDP: one gradient on every rank
+                share_gradients(self.loss_fn.parameters())
             self.scaler.step(self.optimizer)
             self.scaler.update()
             for name, value in values.items():
@@ -501,6 +519,10 @@ class Trainer:
             f"model: {cfg.model.backbone} backbone {backbone / 1e6:.2f} M parameters; graph {cfg.graph.topology}; "
             + (f"MPN {cfg.mpn.num_layers} layer(s) x {cfg.mpn.num_heads} heads, {mpn / 1e6:.2f} M parameters"
                if model.mpn is not None else "no MPN"),
+            f"loss: backbone {cfg.loss.backbone}" + (f" (miner {cfg.loss.miner})" if cfg.loss.miner else "")
+            + (" + MPN cross-entropy" if model.mpn is not None else "") + f"; optimizer {cfg.train.optimizer}, LR x "
+            + ", ".join(f"{g['lr_mult']:g} for {g['name']}" for g in self.optimizer.param_groups)
+            + (f", linear warm-up over {cfg.train.warmup_epochs} epochs" if cfg.train.warmup_epochs else ""),
         ]
         for line in lines:
             self.writers.line(line)

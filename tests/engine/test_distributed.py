@@ -28,8 +28,9 @@ def single(*args):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
 
 
-@pytest.mark.parametrize("mode", ["sync_bn", "eval_bn"])
+@pytest.mark.parametrize("mode", ["sync_bn", "eval_bn", "pml"])
 def test_one_step_on_two_ranks_equals_one_process_and_so_does_sharded_evaluation(tmp_path, mode):
+    # pml: Proxy Anchor on the all-gathered embeddings; its proxies (loss.*) are compared too.
     worker = os.path.join(HERE, "distributed_worker.py")
     one, two = str(tmp_path / "one.pt"), str(tmp_path / "two.pt")
     r = single(worker, one, mode)
@@ -42,6 +43,7 @@ def test_one_step_on_two_ranks_equals_one_process_and_so_does_sharded_evaluation
     worst = max(float((a["params"][k].double() - b["params"][k].double()).abs().max()) for k in a["params"]
                 if a["params"][k].is_floating_point())
     assert worst < 1e-6, worst  # every parameter, backbone included, after one RAdam step
+    assert (mode == "pml") == any(k.startswith("loss.") for k in a["params"])
     assert b["metrics"] == a["metrics"]  # sharded evaluation: exactly the single-process metrics
 
 
