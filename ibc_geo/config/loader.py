@@ -6,6 +6,7 @@ that span several keys.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import warnings
@@ -19,6 +20,8 @@ from ibc_geo.utils.errors import UserError
 from ibc_geo.config.schema import CHOICES, Config
 from ibc_geo.evaluation.metrics import metric_names
 from ibc_geo.utils.registry import closest
+
+logger = logging.getLogger("ibc_geo")
 
 BASE_KEY = "_BASE_"
 COMMAND_LINE = "the command line"
@@ -281,8 +284,34 @@ def check_config(cfg: DictConfig) -> None:
         fail("output_dir", cfg.output_dir, "a folder of its own for the run's files (not empty, '.', the "
                                            "file-system root or the home folder), e.g. output/my_run")
     pre = cfg.model.pretrained
-    if pre not in ("imagenet", "none") and not os.path.isfile(pre):
-        fail("model.pretrained", pre, "imagenet, none, or the path of an existing local state dict file")
+    if pre not in ("imagenet", "hub", "none") and not os.path.isfile(pre):
+        fail("model.pretrained", pre, "imagenet, hub, none, or the path of an existing local .pth / .safetensors file")
+
+
+def resolve_backbone_preprocessing(cfg: DictConfig) -> DictConfig:
+    """Fill ``data.mean``, ``data.std`` and ``data.image_size`` left at "the backbone's" (``[]``,
+    ``[]``, ``0``) from the backbone registry (:mod:`ibc_geo.nn.backbones`); warn, naming both
+    values, where a pretrained backbone's own preprocessing differs from a value the config sets.
+    ``data.resize_size 0`` and ``data.interpolation ""`` stay as they are: the transforms ask the
+    backbone. An unknown backbone is a ConfigError naming the closest names."""
+    from ibc_geo.nn.backbones import BackboneError, backbone_entry
+
+    try:
+        entry = backbone_entry(cfg.model.backbone)
+        entry.check(cfg.model.pooling, cfg.model.pretrained, dict(cfg.model.backbone_kwargs))
+        own = entry.preprocessing(dict(cfg.model.backbone_kwargs))
+    except BackboneError as e:
+        raise ConfigError(f"bad backbone config: {e}") from None
+    pretrained = cfg.model.pretrained not in ("none", "")
+    for key, value in (("mean", list(own.mean)), ("std", list(own.std)), ("image_size", own.image_size)):
+        current = OmegaConf.select(cfg, f"data.{key}")
+        current = list(current) if OmegaConf.is_list(current) else current
+        if current in ([], 0):
+            OmegaConf.update(cfg, f"data.{key}", value, merge=False)
+        elif pretrained and current != value:
+            logger.warning("data.%s %s differs from what the pretrained backbone %s expects (%s); keeping %s",
+                           key, current, cfg.model.backbone, value, current)
+    return cfg
 
 
 def load_config(cfg_file: str | None = None, overrides: Sequence[str] = (), check: bool = True,
@@ -299,6 +328,7 @@ def load_config(cfg_file: str | None = None, overrides: Sequence[str] = (), chec
     for pairs, source in layers:
         cfg = _merge_layer(cfg, parse_overrides(list(pairs)), source)
     if check:
+        resolve_backbone_preprocessing(cfg)
         check_config(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
@@ -323,6 +353,7 @@ def config_from_dict(data: Mapping, check: bool = True) -> DictConfig:
     """Rebuild a config from ``config_to_dict`` output (e.g. the copy kept in a checkpoint)."""
     cfg = _merge_layer(default_config(), dict(data), "a saved config")
     if check:
+        resolve_backbone_preprocessing(cfg)
         check_config(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
@@ -344,7 +375,9 @@ def config_differences(saved: Mapping, current: Mapping, ignore: Iterable[str] =
 
     ``ignore`` lists keys to pass over; an entry ending in ``.`` passes over a whole section.
     """
-    a, b = flatten_config(saved), flatten_config(current)
+    # A key the saved config lacks was added after it was written: the run had its default.
+    a = {**flatten_config(config_to_dict(default_config())), **flatten_config(saved)}
+    b = flatten_config(current)
     ignore = tuple(ignore)
 
     def ignored(key: str) -> bool:  # "train." ignores a whole section

@@ -12,8 +12,7 @@ from typing import Any, Dict, List
 # Closed sets of values (open sets, data.name and graph.topology, come from registries).
 CHOICES = {
     "device": ["auto", "cpu", "cuda"],
-    "model.backbone": ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"],
-    "model.pooling": ["max", "avg"],
+    "model.pooling": ["max", "avg", "model"],
     "graph.similarity": ["correlation", "cosine"],
     "mpn.attention_path": ["auto", "dense", "sparse"],
     "mpn.attention_logits": ["dot", "cosine"],
@@ -24,6 +23,7 @@ CHOICES = {
     "data.on_corrupt": ["skip", "error"],
     "sampler.epoch_length": ["official", "cover"],
     "eval.on_corrupt": ["error", "drop"],
+    "data.interpolation": ["", "bilinear", "bicubic", "nearest"],
     "eval.refine": ["none", "dba", "aqe", "mpn"],
     "eval.refine_neighbours": ["knn", "reciprocal"],
 }
@@ -33,13 +33,14 @@ CHOICES = {
 class DataConfig:
     name: str = "digits"  # dataset: cub | cars | sop | inshop | imagefolder | digits | noisy_digits
     root: str = ""  # folder the dataset unpacks to (see datasets/README.md); unused by digits, noisy_digits
-    image_size: int = 227  # training crop and test centre-crop side (paper: 227)
-    resize_size: int = 0  # test-time resize before the centre crop; 0 = image_size * 256 / 227
+    image_size: int = 0  # training crop and test centre-crop side; 0 = the backbone's (ResNets: 227, the paper's; timm: its input size)
+    resize_size: int = 0  # test-time resize before the centre crop; 0 = the backbone's (ResNets: image_size * 256 / 227; timm: image_size / crop_pct)
+    interpolation: str = ""  # resize interpolation: "" = the backbone's (ResNets: bilinear; timm: its own, often bicubic) | bilinear | bicubic | nearest
     workers: int = 4  # DataLoader worker processes (0 = load in the main process)
     val_classes: float = 0.15  # held-out TRAINING classes for model selection: >= 1 a count, < 1 a fraction, 0 none
     random_erasing: float = 0.5  # probability of the official random erasing in training (paper: 0.5)
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # normalisation mean (ImageNet; official: same)
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])  # normalisation std (ImageNet; official: 0.299 0.224 0.225, a typo)
+    mean: List[float] = field(default_factory=list)  # normalisation mean; [] = the backbone's (ResNets: ImageNet's 0.485 0.456 0.406, official: same)
+    std: List[float] = field(default_factory=list)  # normalisation std; [] = the backbone's (ResNets: ImageNet's 0.229 0.224 0.225; official: 0.299 0.224 0.225, a typo)
     crop_scale: float = 0.08  # smallest area fraction of RandomResizedCrop (paper/torchvision: 0.08)
     hflip: bool = True  # random horizontal flips in training (paper: on)
     on_corrupt: str = "skip"  # unreadable TRAINING image: skip (warn, count, another of its class) | error
@@ -56,11 +57,12 @@ class SamplerConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet50"  # torchvision ResNet without its classifier (paper: resnet50)
-    pretrained: str = "imagenet"  # imagenet (torchvision weights) | none | path to a local state dict (.pth)
+    backbone: str = "resnet50"  # resnet18|34|50|101|152 (torchvision, paper: resnet50) | timm/<name> (e.g. timm/vit_small_patch16_224)
+    pretrained: str = "imagenet"  # imagenet | hub (the backbone's published weights) | none | path to a local .pth / .safetensors
     embedding_dim: int = 512  # size of the embedding f_i after the Linear reduction (paper: 512)
-    pooling: str = "max"  # global pooling of the last feature map: max (paper) | avg
-    channels_last: bool = True  # channels_last memory format for the ResNet (much faster on CPU and GPU)
+    pooling: str = "max"  # global pooling of the last feature map: max (paper) | avg | model (a timm model's own, a ViT's CLS token)
+    channels_last: bool = True  # channels_last memory format for the trunk (much faster for CNNs on CPU and GPU)
+    backbone_kwargs: Dict[str, Any] = field(default_factory=dict)  # timm.create_model keywords, e.g. {img_size: 64, patch_size: 8}
 
 
 @dataclass

@@ -106,13 +106,18 @@ def _triple(values: Sequence[float]) -> tuple:
     return tuple(float(v) for v in values)
 
 
+_INTERPOLATION = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC,
+                  "nearest": T.InterpolationMode.NEAREST}
+
+
 def train_transforms(image_size: int = 227, random_erasing: float = 0.5, crop_scale: float = 0.08,
                      hflip: bool = True, mean: Sequence[float] = IMAGENET_MEAN,
-                     std: Sequence[float] = IMAGENET_STD) -> T.Compose:
+                     std: Sequence[float] = IMAGENET_STD, interpolation: str = "bilinear") -> T.Compose:
     """RandomResizedCrop (area scale ``[crop_scale, 1]``), horizontal flip, ToTensor, Normalize(mean,
     std) (default ImageNet's; the official code's std (0.299, 0.224, 0.225) is a typo of 0.229), then
     :class:`OfficialRandomErasing` with probability ``random_erasing`` (none at 0)."""
-    steps = [ToRGB(), T.RandomResizedCrop(image_size, scale=(crop_scale, 1.0))]
+    steps = [ToRGB(), T.RandomResizedCrop(image_size, scale=(crop_scale, 1.0),
+                                          interpolation=_INTERPOLATION[interpolation])]
     if hflip:
         steps.append(T.RandomHorizontalFlip())
     steps += [T.ToTensor(), T.Normalize(_triple(mean), _triple(std))]
@@ -122,13 +127,14 @@ def train_transforms(image_size: int = 227, random_erasing: float = 0.5, crop_sc
 
 
 def eval_transforms(image_size: int = 227, resize_size: int = 0, mean: Sequence[float] = IMAGENET_MEAN,
-                    std: Sequence[float] = IMAGENET_STD) -> T.Compose:
+                    std: Sequence[float] = IMAGENET_STD, interpolation: str = "bilinear") -> T.Compose:
     """Resize (shorter side; 0 = image_size * 256 / 227), CenterCrop, ToTensor, Normalize(mean, std)
     (default ImageNet's)."""
     resize = resize_size or default_resize_size(image_size)
     if resize < image_size:
         raise ValueError(f"data.resize_size ({resize}) must be >= data.image_size ({image_size}) or 0")
-    return T.Compose([ToRGB(), T.Resize(resize), T.CenterCrop(image_size), T.ToTensor(),
+    return T.Compose([ToRGB(), T.Resize(resize, interpolation=_INTERPOLATION[interpolation]),
+                      T.CenterCrop(image_size), T.ToTensor(),
                       T.Normalize(_triple(mean), _triple(std))])
 
 
@@ -136,7 +142,19 @@ def build_transforms(cfg, train: bool) -> T.Compose:
     """The transforms of ``cfg.data`` (normalised with ``data.mean`` / ``data.std``): training
     augmentation when ``train``, else the test pipeline."""
     mean, std = _triple(cfg.data.mean), _triple(cfg.data.std)
+    interpolation, resize = backbone_resize(cfg)
     if train:
         return train_transforms(cfg.data.image_size, cfg.data.random_erasing, cfg.data.crop_scale,
-                                cfg.data.hflip, mean=mean, std=std)
-    return eval_transforms(cfg.data.image_size, cfg.data.resize_size, mean=mean, std=std)
+                                cfg.data.hflip, mean=mean, std=std, interpolation=interpolation)
+    return eval_transforms(cfg.data.image_size, resize, mean=mean, std=std, interpolation=interpolation)
+
+
+def backbone_resize(cfg) -> tuple:
+    """``(interpolation, test resize)`` of ``cfg``: ``data.interpolation`` / ``data.resize_size``, or
+    where they are ``""`` / ``0`` the backbone's own (:mod:`ibc_geo.nn.backbones`; the ResNets:
+    bilinear and image_size * 256 / 227, the paper's)."""
+    from ibc_geo.nn.backbones import backbone_entry
+
+    own = backbone_entry(cfg.model.backbone).preprocessing(dict(cfg.model.get("backbone_kwargs", {}) or {}))
+    interpolation = cfg.data.get("interpolation", "") or own.interpolation
+    return interpolation, int(cfg.data.resize_size or own.resize_size(cfg.data.image_size))

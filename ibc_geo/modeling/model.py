@@ -67,7 +67,8 @@ class IntraBatchModel(nn.Module):
         a checkpoint's weights replace them anyway)."""
         backbone = EmbeddingBackbone(cfg.model.backbone, num_classes, cfg.model.embedding_dim,
                                      cfg.model.pooling, cfg.model.pretrained if pretrained is None else pretrained,
-                                     channels_last=cfg.model.channels_last)
+                                     channels_last=cfg.model.channels_last,
+                                     backbone_kwargs=cfg.model.backbone_kwargs)
         topology = build_topology_from_config(cfg)
         mpn = build_mpn_from_config(cfg, num_classes) if topology.message_passing else None
         return cls(backbone, topology, mpn)

@@ -42,12 +42,13 @@ DEFAULT_CHUNK_SIZE = 16384
 def preprocessing(cfg) -> dict:
     """The test-time preprocessing of ``cfg`` in words and numbers (what an exported model needs
     before it): resize the shorter side, centre-crop, RGB in [0, 1], normalise per channel."""
-    from ibc_geo.data.transforms import default_resize_size
+    from ibc_geo.data.transforms import backbone_resize
 
     size = int(cfg.data.image_size)
+    interpolation, resize = backbone_resize(cfg)
     return {
-        "resize_shorter_side": int(cfg.data.resize_size or default_resize_size(size)),
-        "interpolation": "bilinear",
+        "resize_shorter_side": resize,
+        "interpolation": interpolation,
         "center_crop": size,
         "color": "RGB",
         "scale": "pixel / 255 (values in [0, 1])",

@@ -177,11 +177,15 @@ def test_closed_choices_agree_with_the_modules_that_own_them():
     from ibc_geo.data.dataset import EVAL_ON_CORRUPT, ON_CORRUPT
     from ibc_geo.data.sampler import EPOCH_LENGTHS
     from ibc_geo.graph import SIMILARITIES
-    from ibc_geo.modeling import BACKBONES
+    from ibc_geo.data.transforms import _INTERPOLATION
+    from ibc_geo.evaluation.refine import METHODS, NEIGHBOURS
     from ibc_geo.nn.attention import PATHS
+    from ibc_geo.nn.backbones import POOLINGS
     from ibc_geo.utils.runtime import AMP_DTYPES
 
-    owners = {"model.backbone": BACKBONES, "graph.similarity": SIMILARITIES, "mpn.attention_path": PATHS,
+    owners = {"model.pooling": POOLINGS, "data.interpolation": ("", *_INTERPOLATION),
+              "eval.refine": METHODS, "eval.refine_neighbours": NEIGHBOURS,
+              "graph.similarity": SIMILARITIES, "mpn.attention_path": PATHS,
               "train.amp_dtype": tuple(AMP_DTYPES), "data.on_corrupt": ON_CORRUPT,
               "sampler.epoch_length": EPOCH_LENGTHS, "eval.on_corrupt": EVAL_ON_CORRUPT}
     for key, values in owners.items():

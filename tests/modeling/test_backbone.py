@@ -3,10 +3,10 @@ import urllib.error
 
 import pytest
 import torch
+import torchvision
 from torchvision.models import get_model
 
 from ibc_geo.modeling import EmbeddingBackbone, IntraBatchLoss, PretrainedWeightsError
-from ibc_geo.modeling import backbone as backbone_module
 
 
 @pytest.mark.parametrize("name,feature_dim", [("resnet18", 512), ("resnet50", 2048)])
@@ -66,7 +66,7 @@ def test_imagenet_offline_says_how_to_use_a_local_file(monkeypatch):
     def offline(self, *args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(backbone_module.get_model_weights("resnet18").IMAGENET1K_V1.__class__, "get_state_dict",
+    monkeypatch.setattr(torchvision.models.get_model_weights("resnet18").IMAGENET1K_V1.__class__, "get_state_dict",
                         offline)
     with pytest.raises(PretrainedWeightsError) as e:
         EmbeddingBackbone("resnet18", 3, 8, pretrained="imagenet")
