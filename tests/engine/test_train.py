@@ -124,15 +124,15 @@ def test_nan_loss_in_the_first_epoch_names_no_checkpoint(tiny_cfg, monkeypatch):
 
 
 def scripted_val_recall(values):
-    """``evaluate_model`` whose val Recall@1 is the next of ``values`` (the test split stays real)."""
+    """``run_evaluation`` whose val Recall@1 is the next of ``values`` (the test split stays real)."""
     scores = iter(values)
-    real_evaluate = trainer_module.evaluate_model
+    real_evaluate = trainer_module.run_evaluation
 
-    def scripted(cfg_, model, dataset, device):
-        metrics = real_evaluate(cfg_, model, dataset, device)
+    def scripted(cfg_, model, dataset, device, **kwargs):
+        evaluation = real_evaluate(cfg_, model, dataset, device, **kwargs)
         if dataset.split == "val":
-            metrics["recall@1"] = next(scores)
-        return metrics
+            evaluation.metrics["recall@1"] = next(scores)
+        return evaluation
 
     return scripted
 
@@ -158,7 +158,7 @@ def test_lr_drops_reload_the_best_weights_and_keep_the_optimizer_state(tiny_cfg,
         opt_after[epoch] = copy.deepcopy(self.optimizer.state_dict()["state"])
         return result
 
-    monkeypatch.setattr(trainer_module, "evaluate_model", scripted)
+    monkeypatch.setattr(trainer_module, "run_evaluation", scripted)
     monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", spy)
     result = train(cfg)
     second = 1e-5 if cumulative else 1e-4  # official: base / 10 after both drops
@@ -191,7 +191,7 @@ def test_lr_drop_reloads_exactly_the_best_checkpoint_weights(tiny_cfg, monkeypat
             seen["weights"] = {k: v.clone() for k, v in self.model.state_dict().items()}
         return original(self, epoch, writer)
 
-    monkeypatch.setattr(trainer_module, "evaluate_model", scripted)
+    monkeypatch.setattr(trainer_module, "run_evaluation", scripted)
     monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", spy)
     train(cfg)
     best = load_checkpoint(os.path.join(cfg.output_dir, "checkpoints", "best.pt"))
@@ -232,13 +232,13 @@ def test_val_selection_reads_the_test_split_only_at_the_end(tiny_cfg, monkeypatc
 
 def test_test_selection_reuses_the_best_evaluation_exactly(tiny_cfg, monkeypatch):
     splits = []
-    real = trainer_module.evaluate_model
+    real = trainer_module.run_evaluation
 
-    def record(cfg_, model, dataset, device):
+    def record(cfg_, model, dataset, device, **kwargs):
         splits.append(dataset.split)
-        return real(cfg_, model, dataset, device)
+        return real(cfg_, model, dataset, device, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "evaluate_model", record)
+    monkeypatch.setattr(trainer_module, "run_evaluation", record)
     cfg = tiny_cfg("train.epochs", "2", "eval.every", "1", "eval.selection", "test", "data.val_classes", "0")
     result = train(cfg)
     assert splits == ["test", "test"]  # one per evaluation, none again at the end
