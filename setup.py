@@ -45,7 +45,9 @@ setup(
         # torch-scatter compiles from source against the installed torch:
         #   pip install --no-build-isolation -e ".[scatter]"
         "scatter": ["torch-scatter>=2.1"],
-        "test": ["pytest>=7.4", "pytorch-metric-learning>=2.5"],
+        "test": ["pytest>=7.4", "pytorch-metric-learning>=2.5", "timm>=1.0"],
+        # model.backbone timm/<name>: any timm model (ViTs, ConvNeXts, ...), its preprocessing and weights.
+        "timm": ["timm>=1.0"],
         # loss.backbone pml/<LossName>, loss.miner pml/<MinerName>: pytorch-metric-learning's losses and miners.
         "pml": ["pytorch-metric-learning>=2.5"],
         # Only for benchmarks/eval.py's comparison column.

@@ -142,3 +142,11 @@ def test_resnet_refuses_timm_only_keys():
     with pytest.raises(ConfigError, match="model.backbone_kwargs"):
         load_config(None, ["model.backbone", "resnet18", "model.backbone_kwargs", "{depth: 2}"])
     assert backbone_entry("resnet50").preprocessing({}).image_size == 227
+
+
+def test_without_timm_the_message_names_the_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError
+    with pytest.raises(ConfigError, match=r'pip install -e "\.\[timm\]"'):
+        load_config(None, ["model.backbone", "timm/vit_small_patch16_224"])
