@@ -3,7 +3,7 @@
     python distributed_worker.py OUT.pt [sync_bn|eval_bn|pml]
 
 Rank 0 (or the single process) saves the parameters after one RAdam step and the evaluation's
-metrics to OUT.pt. float64 throughout, dropout on, the same seed everywhere. ``pml``: as ``sync_bn``
+metrics, with those of the test-time MPN refinement (``refined``), to OUT.pt. float64 throughout, dropout on, the same seed everywhere. ``pml``: as ``sync_bn``
 with Proxy Anchor on the gathered embeddings as the backbone loss, its proxies in their own
 parameter group (saved as ``loss.*``), the trainer's builders and gradient sharing.
 """
@@ -14,7 +14,7 @@ import torch
 
 from ibc_geo.config import load_config
 from ibc_geo.data import build_dataset, build_transforms
-from ibc_geo.engine.evaluator import evaluate_model
+from ibc_geo.engine.evaluator import run_evaluation
 from ibc_geo.engine.optim import build_optimizer, share_gradients
 from ibc_geo.modeling import IntraBatchLoss, IntraBatchModel
 from ibc_geo.utils.distributed import init_from_env, synchronize_batchnorm
@@ -23,7 +23,8 @@ from ibc_geo.utils.runtime import distributed_rank
 TINY = ["data.name", "digits", "data.image_size", "32", "data.resize_size", "32", "data.workers", "0",
         "data.val_classes", "2", "sampler.classes_per_batch", "3", "sampler.samples_per_class", "4",
         "model.backbone", "resnet18", "model.pretrained", "none", "model.embedding_dim", "32",
-        "mpn.num_heads", "2", "eval.kmeans_iters", "5", "eval.batch_size", "64", "device", "cpu"]
+        "mpn.num_heads", "2", "eval.kmeans_iters", "5", "eval.batch_size", "64", "device", "cpu",
+        "eval.refine", "mpn", "eval.refine_k", "4"]
 
 
 def main(out: str, mode: str) -> None:
@@ -63,8 +64,11 @@ def main(out: str, mode: str) -> None:
     share_gradients(loss.parameters())
     optimizer.step()
     torch.set_default_dtype(torch.float32)
-    evaluation = evaluate_model(cfg, IntraBatchModel.from_config(cfg, num_classes=5),
-                                build_dataset(cfg, "test", build_transforms(cfg, train=False)), torch.device("cpu"))
+    # the evaluation and the test-time MPN (its groups sharded over the ranks) of a fresh model
+    evaluated = run_evaluation(cfg, IntraBatchModel.from_config(cfg, num_classes=5),
+                               build_dataset(cfg, "test", build_transforms(cfg, train=False)), torch.device("cpu"),
+                               refine=True)
+    evaluation = dict(evaluated.metrics, refined=evaluated.refined["metrics"])
     if rank == 0:
         params = {**model.state_dict(), **{f"loss.{k}": v for k, v in loss.state_dict().items()}}
         torch.save({"params": {k: v.detach().clone() for k, v in params.items()},

@@ -11,7 +11,7 @@ from ibc_geo.engine.checkpoint import load_checkpoint, save_checkpoint
 from ibc_geo.engine.optim import (OPTIMIZERS, backbone_parameters, build_optimizer, scheduled_lr,
                                   warmup_factor)
 from ibc_geo.modeling import IntraBatchLoss, IntraBatchModel
-from tiny_run import TINY
+from tiny_run import TINY, train_killed_in_epoch
 
 PROXY = ["loss.backbone", "pml/ProxyAnchorLoss", "loss.backbone_kwargs", "{margin: 0.1, alpha: 32}"]
 
@@ -141,17 +141,7 @@ def test_proxy_anchor_run_with_warmup_and_a_drop_resumes_exactly(tiny_cfg, monke
     assert 0.0 <= result["test"]["recall@1"] <= 1.0 and len(result["selection"]["history"]) == 2
 
     killed = tiny_cfg(*common, out="killed")
-    original = trainer_module.Trainer._train_epoch
-
-    def die_in_epoch_2(self, epoch, writer):
-        if epoch == 2:
-            raise KeyboardInterrupt("killed")
-        return original(self, epoch, writer)
-
-    monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", die_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(killed)
-    monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", original)
+    train_killed_in_epoch(killed, 2, monkeypatch)
     seen.clear()
     resumed = train(tiny_cfg(*common, "train.resume", "true", out="killed"))
     assert seen == [pytest.approx([b * m for m in mults]) for b in base[2:]]

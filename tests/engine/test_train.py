@@ -11,6 +11,7 @@ import ibc_geo.engine.trainer as trainer_module
 from ibc_geo.config import load_config
 from ibc_geo.engine import CheckpointError, NonFiniteLossError, RunExistsError, evaluate_checkpoint, train
 from ibc_geo.engine.checkpoint import load_checkpoint
+from tiny_run import train_killed_in_epoch
 
 
 def test_one_run_writes_every_output(tiny_cfg):
@@ -48,17 +49,7 @@ def test_resume_after_a_kill_reaches_the_same_weights(tiny_cfg, monkeypatch, wor
     train(full)
 
     killed = tiny_cfg(*common, out="killed")
-    original = trainer_module.Trainer._train_epoch
-
-    def die_in_epoch_2(self, epoch, writer):
-        if epoch == 2:
-            raise KeyboardInterrupt("killed")
-        return original(self, epoch, writer)
-
-    monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", die_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(killed)
-    monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", original)
+    train_killed_in_epoch(killed, 2, monkeypatch)
     assert load_checkpoint(os.path.join(killed.output_dir, "checkpoints", "last.pt"))["epoch"] == 1
 
     resumed = tiny_cfg(*common, "train.resume", "true", out="killed")

@@ -10,3 +10,23 @@ TINY = [
     "train.lr_drop_epochs", "[]", "train.log_every", "1", "eval.batch_size", "256", "eval.kmeans_iters", "5",
     "eval.selection", "val",
 ]
+
+
+def train_killed_in_epoch(cfg, epoch, monkeypatch):
+    """Train ``cfg`` until ``epoch`` begins, then stop it as a kill would (KeyboardInterrupt)."""
+    import pytest
+
+    from ibc_geo.engine import train
+    from ibc_geo.engine import trainer as trainer_module
+
+    original = trainer_module.Trainer._train_epoch
+
+    def die(self, e, writer):
+        if e == epoch:
+            raise KeyboardInterrupt("killed")
+        return original(self, e, writer)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", die)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", original)
